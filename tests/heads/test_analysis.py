@@ -7,6 +7,7 @@ from importlib.resources import files
 import pytest
 import torch
 
+from headcount import Attention, RoPE
 from headcount.heads import AnalysisConfig, TextError, analyze, read_conllu
 from headcount.heads.stream import capture_weights
 
@@ -42,6 +43,15 @@ def test_random_init_shows_induction_at_chance(tiny: TinyDecoder) -> None:
     assert float(ind.max()) < 3 * chance  # no head attends to the induction target
     assert abs(float(ind.mean()) - chance) < chance  # near what uniform attention gives
     assert "induction" not in {r for row in res.roles for r in row}
+
+
+def test_uneven_kv_groups_are_reported_and_scored(tiny: TinyDecoder) -> None:
+    torch.manual_seed(1)
+    tiny.attn[1] = Attention(32, 4, 2, rope=RoPE(8), group_sizes=(3, 1))  # a pruned GQA layer
+    res = analyze(tiny, TEXT, config=AnalysisConfig(chunk_len=64, induction_len=10))
+    assert res.kv_groups == [[0, 0, 1, 1], [0, 0, 0, 1]]
+    for name in ("previous_token", "induction", "copying"):
+        assert res.scores[name].shape == (2, 4) and not torch.isnan(res.scores[name]).any()
 
 
 @pytest.mark.parametrize("text", ["", "   \n"])

@@ -30,11 +30,12 @@ def test_induction_batch_layout() -> None:
         induction_batch(torch.arange(5), 0, length=25)
 
 
-def brute_force(W_E, W_U, W_V, W_O) -> torch.Tensor:
+def brute_force(W_E, W_U, W_V, W_O, kv_of=None) -> torch.Tensor:
     H, G = W_O.shape[0], W_V.shape[0]
+    kv_of = kv_of or [h // (H // G) for h in range(H)]
     out = []
     for h in range(H):
-        full = W_E.double() @ W_V[h // (H // G)].double() @ W_O[h].double() @ W_U.double()  # (V, V)
+        full = W_E.double() @ W_V[kv_of[h]].double() @ W_O[h].double() @ W_U.double()  # (V, V)
         lam = torch.linalg.eigvals(full)
         out.append(lam.sum().real / lam.abs().sum())
     return torch.stack(out).float()
@@ -48,6 +49,19 @@ def test_copying_matches_full_circuit() -> None:
     assert_close(
         ov_copying(W_E, W_U, W_V, W_O), brute_force(W_E, W_U, W_V, W_O), atol=1e-4, rtol=1e-4
     )
+
+
+def test_copying_with_uneven_groups() -> None:
+    V, C, D = 40, 12, 4
+    W_E, W_U = torch.randn(V, C), torch.randn(C, V)
+    W_V, W_O = torch.randn(3, C, D), torch.randn(5, D, C)
+    want = brute_force(W_E, W_U, W_V, W_O, kv_of=[0, 1, 1, 1, 2])
+    got = ov_copying(W_E, W_U, W_V, W_O, group_sizes=(1, 3, 1))
+    assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        ov_copying(W_E, W_U, W_V, W_O, group_sizes=(1, 2, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        ov_copying(W_E, W_U, W_V, W_O)  # 5 heads do not split evenly over 3 KV heads
 
 
 def test_copying_identity_and_negation() -> None:

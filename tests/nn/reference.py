@@ -37,9 +37,13 @@ def reference_attention(
         out = inp @ W[row * D : (row + 1) * D].T
         return out + b[row * D : (row + 1) * D] if b is not None else out
 
+    # contiguous grouping: group g is read by the next group_sizes[g] query heads (H // G each
+    # unless the groups differ in size)
+    kv_of = [g for g, r in enumerate(attn.group_sizes) for _ in range(r)]
+    assert len(kv_of) == H and len(attn.group_sizes) == G
     heads, weights = [], []
     for h in range(H):
-        g = h // (H // G)  # contiguous grouping
+        g = kv_of[h]
         q, k, v = proj(x, h), proj(src, H + g), proj(src, H + G + g)  # (B, T|S, D)
         if attn.rope is not None and context is None:
             pos = torch.arange(T) if positions is None else positions

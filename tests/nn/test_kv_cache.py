@@ -96,11 +96,13 @@ class _LargestOutput(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize(("H", "G"), [(16, 4), (16, 1)])
+@pytest.mark.parametrize(("H", "G", "sizes"), [(16, 4, None), (16, 1, None), (16, 4, (2, 7, 6, 1))])
 @pytest.mark.parametrize("weights", [False, True])
-def test_decode_never_expands_kv_to_query_heads(H: int, G: int, weights: bool) -> None:
+def test_decode_never_expands_kv_to_query_heads(
+    H: int, G: int, sizes: tuple[int, ...] | None, weights: bool
+) -> None:
     B, S, D = 1, 512, 16
-    attn = make(H, G, D=D, C=64)
+    attn = Attention(64, H, G, head_dim=D, bias=True, rope=RoPE(D), group_sizes=sizes).eval()
     cache = KVCache(B, S + 1, G, D)
     with torch.no_grad():
         attn(torch.randn(B, S, 64), causal=True, cache=cache)

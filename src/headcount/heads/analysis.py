@@ -326,7 +326,15 @@ def analyze(
         cop = torch.full_like(scores["induction"], math.nan)
         with torch.no_grad():
             for layer, a in enumerate(layers):
-                c = ov_copying(emb[0], emb[1], a.W_V, a.W_O, in_scale=ins[layer], EU=EU)
+                c = ov_copying(
+                    emb[0],
+                    emb[1],
+                    a.W_V,
+                    a.W_O,
+                    in_scale=ins[layer],
+                    EU=EU,
+                    group_sizes=a.group_sizes,
+                )
                 cop[layer, : a.n_heads] = c.double()
         scores["copying"] = cop
 

@@ -6,6 +6,8 @@ P = repeats * length positions after the start token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -71,13 +73,15 @@ def ov_copying(
     in_scale: Tensor | None = None,
     out_scale: Tensor | None = None,
     EU: Tensor | None = None,
+    group_sizes: Sequence[int] | None = None,
 ) -> Tensor:
     """Copying score of each head's OV circuit ``W_E W_V W_O W_U``: ``sum(lambda) / sum(|lambda|)``
     over its eigenvalues, in [-1, 1]; positive when the head raises the logit of the token it
     attends to.
 
     ``W_E (V, C)`` embedding, ``W_U (C, V)`` unembedding, ``W_V (G, C, D)``, ``W_O (H, D, C)``
-    (query head h reads KV head h // (H // G)). ``in_scale (C,)``, ``out_scale (C,)``: the
+    (query head h reads KV head h // (H // G), or the G contiguous groups of ``group_sizes``
+    query heads each when they differ in size). ``in_scale (C,)``, ``out_scale (C,)``: the
     weights of the norm before the attention and of the final norm, folded in when given.
     ``EU`` may pass a precomputed ``W_U' W_E (C, C)`` (with ``out_scale`` folded) to share it
     across layers. The ``V x V`` circuit has the same non-zero eigenvalues as the ``D x D``
@@ -85,8 +89,10 @@ def ov_copying(
     """
     G, C, D = W_V.shape
     H = W_O.shape[0]
-    if W_O.shape != (H, D, C) or H % G:
+    if W_O.shape != (H, D, C) or (H % G if group_sizes is None else sum(group_sizes) != H):
         raise ShapeError(f"W_O {tuple(W_O.shape)} does not fit W_V {tuple(W_V.shape)}")
+    if group_sizes is not None and len(group_sizes) != G:
+        raise ShapeError(f"group_sizes={tuple(group_sizes)} must have one entry per KV head ({G})")
     if EU is None:
         EU = unembed_embed(W_E, W_U, out_scale)
     if EU.shape != (C, C):
@@ -94,7 +100,8 @@ def ov_copying(
     wv = W_V.double()
     if in_scale is not None:
         wv = wv * in_scale.double().view(1, C, 1)
-    wv = wv.repeat_interleave(H // G, dim=0)  # (H, C, D): small, one per query head
+    sizes = H // G if group_sizes is None else torch.tensor(group_sizes, device=wv.device)
+    wv = wv.repeat_interleave(sizes, dim=0)  # (H, C, D): small, one per query head
     m = W_O.double() @ EU.double() @ wv  # (H, D, D)
     lam = torch.linalg.eigvals(m)  # (H, D) complex
     return (lam.sum(-1).real / lam.abs().sum(-1).clamp(min=1e-30)).float()

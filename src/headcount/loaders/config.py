@@ -5,7 +5,8 @@ They live under ``loaders`` because the readers produce them and ``models`` buil
 
 Pruning and MHA->GQA->MQA conversion make layers differ, so ``n_heads`` and ``n_kv_heads`` are
 tuples with one entry per layer; an ``int`` given to the constructor is repeated for every layer.
-``to_dict`` / ``from_dict`` round-trip a config through JSON.
+Pruning query heads of a GQA layer leaves KV groups of different sizes: ``DecoderConfig.group_sizes``
+holds them per layer. ``to_dict`` / ``from_dict`` round-trip a config through JSON.
 """
 
 from __future__ import annotations
@@ -36,16 +37,18 @@ def _per_layer(cfg: Any, name: str) -> tuple[int, ...]:
     return value
 
 
+def _lists(value: Any) -> Any:
+    """Tuples, nested ones included, as lists (what JSON gives back)."""
+    return [_lists(v) for v in value] if isinstance(value, tuple | list) else value
+
+
 class _ConfigBase:
     kind: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists), with ``"kind"`` naming the config class."""
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {
-            "kind": self.kind,
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()},
-        }
+        return {"kind": self.kind, **{k: _lists(v) for k, v in d.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Any:
@@ -65,7 +68,8 @@ class DecoderConfig(_ConfigBase):
     """A Llama-family decoder: pre-RMSNorm, SwiGLU MLP, rotary positions.
 
     ``head_dim`` is explicit (never silently ``d_model // n_heads``); ``max_len`` is the context
-    length; ``eos_token_ids`` end generation.
+    length; ``eos_token_ids`` end generation. ``group_sizes``: per layer, the query heads of each
+    KV head when groups differ in size (after pruning); None means ``H // G`` everywhere.
     """
 
     kind: ClassVar[str] = "decoder"
@@ -85,15 +89,19 @@ class DecoderConfig(_ConfigBase):
     architecture: str = "llama"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default=())
+    group_sizes: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "max_len"):
             _positive(name, getattr(self, name))
         heads = _per_layer(self, "n_heads")
         kv = _per_layer(self, "n_kv_heads")
-        for i, (h, g) in enumerate(zip(heads, kv, strict=True)):
-            if h % g:
-                raise ConfigError(f"layer {i}: n_heads={h} is not a multiple of n_kv_heads={g}")
+        if self.group_sizes is None:
+            for i, (h, g) in enumerate(zip(heads, kv, strict=True)):
+                if h % g:
+                    raise ConfigError(f"layer {i}: n_heads={h} is not a multiple of n_kv_heads={g}")
+        else:
+            self._check_group_sizes(heads, kv)
         if self.head_dim % 2:
             raise ConfigError(
                 f"rotary embeddings need an even head_dim, got head_dim={self.head_dim}"
@@ -103,6 +111,34 @@ class DecoderConfig(_ConfigBase):
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
         object.__setattr__(self, "eos_token_ids", tuple(int(t) for t in self.eos_token_ids))
+
+    def _check_group_sizes(self, heads: tuple[int, ...], kv: tuple[int, ...]) -> None:
+        try:
+            sizes = tuple(tuple(layer) for layer in self.group_sizes or ())  # lists from JSON too
+        except TypeError:
+            raise ConfigError(
+                f"group_sizes must hold one sequence of ints per layer, got {self.group_sizes!r}"
+            ) from None
+        if len(sizes) != self.n_layers:
+            raise ConfigError(f"group_sizes has {len(sizes)} entries but n_layers={self.n_layers}")
+        for i, (s, h, g) in enumerate(zip(sizes, heads, kv, strict=True)):
+            if (
+                len(s) != g
+                or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in s)
+                or sum(s) != h
+            ):
+                raise ConfigError(
+                    f"layer {i}: group_sizes={s} must be n_kv_heads={g} positive integers "
+                    f"summing to n_heads={h}"
+                )
+        object.__setattr__(self, "group_sizes", sizes)
+
+    def layer_group_sizes(self, i: int) -> tuple[int, ...]:
+        """Query heads per KV head in layer ``i``: ``group_sizes[i]``, or ``H // G`` each."""
+        if self.group_sizes is not None:
+            return self.group_sizes[i]
+        H, G = self.n_heads[i], self.n_kv_heads[i]  # type: ignore[index]
+        return (H // G,) * G
 
 
 @dataclass(frozen=True)

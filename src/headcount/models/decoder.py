@@ -52,6 +52,7 @@ class DecoderLayer(nn.Module):
             bias=cfg.qkv_bias,
             o_bias=cfg.o_bias,
             rope=rope,
+            group_sizes=cfg.layer_group_sizes(i),
             device=device,
         )
         self.mlp_norm = nn.RMSNorm(C, eps=cfg.norm_eps, device=device)

@@ -11,13 +11,14 @@ one token through the model with about 20 operations per layer:
   forward fills, so prefill can run through `Decoder.forward` and decode continue here);
 * the query heads of a KV group folded into rows against the cached ``(G, S, D)`` keys, as
   `headcount.nn.functional.sdpa_attention` does at ``T == 1`` (SDPA; an eager matmul + softmax
-  path exists for up to `EAGER_MAX_KEYS` keys, off by default: it measured slower here).
+  path exists for up to `EAGER_MAX_KEYS` keys, off by default: it measured slower here);
+  a layer whose groups differ in size (pruned) attends once per run of equal-sized groups.
 
 In float32 its logits equal `Decoder.forward`'s (the tests check it to float rounding). Models it
 cannot run (weights hooks, the eager backend, partial rotary) are reported by `fast_path_issue`.
 
-Legend: C model dim, H query heads, G KV heads, R = H // G, D head dim, S cached positions,
-F MLP width, V vocabulary.
+Legend: C model dim, H query heads, G KV heads, R = H // G (or per run of equal-sized groups),
+D head dim, S cached positions, F MLP width, V vocabulary.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from headcount.models.decoder import Decoder
 from headcount.models.generation import sample_next
 from headcount.models.quant import Int8Weight
 from headcount.nn import Attention
+from headcount.nn.functional import GroupRun, group_runs
 
 __all__ = [
     "EAGER_MAX_KEYS",
@@ -119,6 +121,7 @@ class _Layer:
     gate_up: nn.Module
     down: nn.Module
     d_ff: int
+    runs: tuple[GroupRun, ...]  # one run when the groups are uniform
 
 
 class FastDecode:
@@ -160,6 +163,7 @@ class FastDecode:
                 layer.mlp.gate_up,
                 layer.mlp.down,
                 model.config.d_ff,
+                group_runs(layer.attn.group_sizes),
             )
             for layer in cast(list[Any], list(model.layers))
         ]
@@ -205,10 +209,16 @@ class FastDecode:
             kv.k[0, :, pos] = qk[H:]  # (G, D)
             kv.v[0, :, pos] = qkv[:, (H + G) * D :].view(G, D)
             kv.length = S
-            q = qk[:H].view(1, G, H // G, D)  # the R query heads of a group as rows
-            y = self._attend(q, kv.k[:, :, :S], kv.v[:, :, :S], attn.scale)  # (1, G, R, D)
+            if len(layer.runs) == 1:
+                q = qk[:H].view(1, G, H // G, D)  # the R query heads of a group as rows
+                y = self._attend(q, kv.k[:, :, :S], kv.v[:, :, :S], attn.scale)  # (1, G, R, D)
+            else:
+                y = torch.cat(
+                    [self._attend_run(r, qk, kv.k, kv.v, S, attn.scale) for r in layer.runs], 1
+                )
+            y = y.view(1, H, D)
             if attn.head_gate is not None:
-                y = y * attn.head_gate.view(1, G, H // G, 1).to(y.dtype)
+                y = y * attn.head_gate.view(1, H, 1).to(y.dtype)
             x = x + self._linear(layer.o, y.view(1, H * D))
             h = F.rms_norm(
                 x, layer.mlp_norm.normalized_shape, layer.mlp_norm.weight, layer.mlp_norm.eps
@@ -233,6 +243,16 @@ class FastDecode:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (1, G, R, S)
         return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+
+    def _attend_run(
+        self, r: GroupRun, qk: Tensor, k: Tensor, v: Tensor, S: int, scale: float
+    ) -> Tensor:
+        """One run of equal-sized groups: query heads ``r.h0 : r.h0 + r.n * r.R`` of ``qk``
+        against KV heads ``r.g0 : r.g0 + r.n`` of the cache; ``(1, n*R, D)``."""
+        D = qk.shape[-1]
+        q = qk[r.h0 : r.h0 + r.n * r.R].view(1, r.n, r.R, D)  # (1, n, R, D)
+        kg, vg = k[:, r.g0 : r.g0 + r.n, :S], v[:, r.g0 : r.g0 + r.n, :S]  # (1, n, S, D)
+        return self._attend(q, kg, vg, scale).view(1, r.n * r.R, D)
 
     def _linear(self, mod: nn.Module, x: Tensor) -> Tensor:
         if self._gemv and type(mod) is nn.Linear:

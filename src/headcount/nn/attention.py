@@ -1,12 +1,12 @@
 """One attention module for MHA, GQA and MQA.
 
 Legend: B batch, T query positions, S key positions, C model dim, H query heads, G KV heads,
-R = H // G query heads per KV head, D head dim.
+R = H // G query heads per KV head (or ``group_sizes[g]`` when groups differ), D head dim.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -27,10 +27,31 @@ def _positive(name: str, value: object) -> int:
     return value
 
 
+def _group_sizes(H: int, G: int, group_sizes: Sequence[int] | None) -> tuple[int, ...]:
+    """Query heads per KV head: ``(H // G,) * G`` by default, else ``group_sizes`` checked."""
+    if group_sizes is None:
+        if H % G:
+            raise ConfigError(f"n_heads={H} is not a multiple of n_kv_heads={G}")
+        return (H // G,) * G
+    sizes = tuple(group_sizes)
+    if (
+        len(sizes) != G
+        or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in sizes)
+        or sum(sizes) != H
+    ):
+        raise ConfigError(
+            f"group_sizes={sizes} must be n_kv_heads={G} positive integers summing to n_heads={H}"
+        )
+    return sizes
+
+
 class Attention(nn.Module):
     """Multi-head attention with ``n_kv_heads`` KV heads: MHA (= n_heads), GQA, or MQA (= 1).
 
-    Query head ``h`` reads KV head ``h // (n_heads // n_kv_heads)``. ``qkv_proj`` is one fused
+    Query head ``h`` reads KV head ``h // (n_heads // n_kv_heads)``; ``group_sizes`` (G entries
+    summing to H, as head pruning leaves them) gives groups of different sizes instead, the query
+    heads of a group still contiguous: ``(2, 3, 1)`` maps heads 0-1, 2-4, 5 to KV heads 0, 1, 2.
+    ``qkv_proj`` is one fused
     ``Linear(C, (H + 2G) * D)`` whose output features are ordered [Q heads | K heads | V heads],
     each block head by head; ``o_proj`` is ``Linear(H * D, C)``.
 
@@ -53,6 +74,7 @@ class Attention(nn.Module):
         scale: float | None = None,
         *,
         o_bias: bool | None = None,
+        group_sizes: Sequence[int] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -60,8 +82,7 @@ class Attention(nn.Module):
         _positive("d_model", d_model)
         _positive("n_heads", n_heads)
         n_kv_heads = n_heads if n_kv_heads is None else _positive("n_kv_heads", n_kv_heads)
-        if n_heads % n_kv_heads:
-            raise ConfigError(f"n_heads={n_heads} is not a multiple of n_kv_heads={n_kv_heads}")
+        self.group_sizes = _group_sizes(n_heads, n_kv_heads, group_sizes)
         if head_dim is None:
             if d_model % n_heads:
                 raise ConfigError(
@@ -94,13 +115,28 @@ class Attention(nn.Module):
 
     # ----------------------------------------------------------------- per-head weight views
     @property
+    def uniform_groups(self) -> bool:
+        """Whether every KV head is read by the same number of query heads."""
+        return len(set(self.group_sizes)) == 1
+
+    @property
     def group_size(self) -> int:
-        """Query heads per KV head, R = H // G."""
-        return self.n_heads // self.n_kv_heads
+        """Query heads per KV head, R = H // G; a `ConfigError` when groups differ in size."""
+        if not self.uniform_groups:
+            raise ConfigError(
+                f"groups differ in size (group_sizes={self.group_sizes}); use group_sizes or kv_head_of"
+            )
+        return self.group_sizes[0]
 
     def kv_head_of(self, h: int) -> int:
         """The KV head that query head ``h`` reads."""
-        return h // self.group_size
+        if not 0 <= h < self.n_heads:
+            raise ShapeError(f"query head {h} is outside 0..{self.n_heads - 1}")
+        for g, r in enumerate(self.group_sizes):
+            if h < r:
+                return g
+            h -= r
+        raise AssertionError("group_sizes do not sum to n_heads")  # checked in __init__
 
     def _block(self, start: int, n: int) -> Tensor:
         D, C = self.head_dim, self.d_model
@@ -205,14 +241,29 @@ class Attention(nn.Module):
         mask, is_causal, valid = self._mask(B, T, S, causal, attention_mask, attn_mask, x)
         need_weights = return_weights or self.weights_hook is not None or self.backend == "eager"
         dropout_p = self.dropout if self.training else 0.0
+        sizes = None if self.uniform_groups else self.group_sizes  # uneven: one call per run
         weights = None
         if need_weights:
             y, weights = eager_attention(
-                q, k, v, mask, is_causal=is_causal, scale=self.scale, dropout_p=dropout_p
+                q,
+                k,
+                v,
+                mask,
+                is_causal=is_causal,
+                scale=self.scale,
+                dropout_p=dropout_p,
+                group_sizes=sizes,
             )
         else:
             y = sdpa_attention(
-                q, k, v, mask, is_causal=is_causal, scale=self.scale, dropout_p=dropout_p
+                q,
+                k,
+                v,
+                mask,
+                is_causal=is_causal,
+                scale=self.scale,
+                dropout_p=dropout_p,
+                group_sizes=sizes,
             )
         if valid is not None:  # rows with no visible key: zeros, not NaN or uniform weights
             y = y * valid
@@ -338,7 +389,8 @@ class Attention(nn.Module):
         return mask, False, valid_out
 
     def extra_repr(self) -> str:
+        groups = "" if self.uniform_groups else f", group_sizes={self.group_sizes}"
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-            f"head_dim={self.head_dim}, dropout={self.dropout}"
+            f"head_dim={self.head_dim}, dropout={self.dropout}{groups}"
         )

@@ -3,15 +3,23 @@
 Legend: B batch, H query heads, G KV heads, R = H // G query heads per group, T query positions,
 S key positions, D head dim. Query head h reads KV head h // R (contiguous grouping, as in Llama).
 
+Groups may also have different sizes (``group_sizes``, left by pruning query heads): the query
+heads of a group stay contiguous, and the kernels run once per run of equal-sized groups.
+
 Neither kernel copies K or V per query head: the R query heads of a group are folded into the
 query rows, ``(B, G, R*T, D)`` against ``(B, G, S, D)``, or SDPA's ``enable_gqa`` is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from headcount.errors import ShapeError
 
 # Fold the group into query rows when there are at most this many rows per group; above it
 # (prefill) SDPA's own GQA path with is_causal is faster and needs no (T, S) mask.
@@ -21,6 +29,49 @@ FOLD_MAX_ROWS = 64
 def causal_mask(T: int, S: int, device: torch.device | None = None) -> Tensor:
     """Bool ``(T, S)``, True where query t (at absolute position S - T + t) may see key s."""
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+class GroupRun(NamedTuple):
+    """Query heads ``h0 : h0 + n * R`` read KV heads ``g0 : g0 + n``, ``R`` query heads each."""
+
+    h0: int
+    g0: int
+    n: int
+    R: int
+
+
+def group_runs(group_sizes: Sequence[int]) -> tuple[GroupRun, ...]:
+    """Split contiguous groups into runs of equal size: ``(2, 2, 3, 1)`` gives runs of
+    ``(n=2, R=2)``, ``(n=1, R=3)``, ``(n=1, R=1)``. Uniform groups are one run."""
+    runs: list[GroupRun] = []
+    h = 0
+    for g, r in enumerate(group_sizes):
+        if runs and r == runs[-1].R:
+            runs[-1] = runs[-1]._replace(n=runs[-1].n + 1)
+        else:
+            runs.append(GroupRun(h, g, 1, r))
+        h += r
+    return tuple(runs)
+
+
+def _runs_or_none(group_sizes: Sequence[int] | None, H: int, G: int) -> tuple[GroupRun, ...] | None:
+    """The runs of uneven ``group_sizes``; None when groups are uniform (``H // G`` each)."""
+    if group_sizes is None:
+        return None
+    if len(group_sizes) != G or sum(group_sizes) != H:
+        raise ShapeError(
+            f"group_sizes={tuple(group_sizes)} do not fit {H} query heads and {G} KV heads"
+        )
+    runs = group_runs(group_sizes)
+    return None if len(runs) == 1 else runs
+
+
+def _head_slice(mask: Tensor | None, H: int, h0: int, h1: int) -> Tensor | None:
+    """Query heads ``h0 : h1`` of a mask broadcastable to ``(B, H, T, S)`` (a view)."""
+    if mask is None:
+        return None
+    mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))  # (b, h, t, s)
+    return mask[:, h0:h1] if mask.shape[1] == H else mask
 
 
 def _fold_mask(mask: Tensor | None, G: int, R: int, T: int) -> Tensor | None:
@@ -43,14 +94,33 @@ def sdpa_attention(
     is_causal: bool,
     scale: float,
     dropout_p: float = 0.0,
+    group_sizes: Sequence[int] | None = None,
 ) -> Tensor:
     """``softmax(q k^T * scale + mask) v`` with ``q (B, H, T, D)``, ``k, v (B, G, S, D)``.
 
     ``mask`` broadcasts to ``(B, H, T, S)``: bool (True = may attend) or additive float.
-    Returns ``(B, H, T, D)``.
+    ``group_sizes`` (G entries summing to H): query heads per KV head when groups differ in
+    size (None: ``H // G`` each). Returns ``(B, H, T, D)``.
     """
     B, H, T, D = q.shape
     G = k.shape[1]
+    runs = _runs_or_none(group_sizes, H, G)
+    if runs is not None:
+        return torch.cat(
+            [
+                sdpa_attention(
+                    q[:, r.h0 : r.h0 + r.n * r.R],  # (B, n*R, T, D)
+                    k[:, r.g0 : r.g0 + r.n],  # (B, n, S, D): a view
+                    v[:, r.g0 : r.g0 + r.n],
+                    _head_slice(mask, H, r.h0, r.h0 + r.n * r.R),
+                    is_causal=is_causal,
+                    scale=scale,
+                    dropout_p=dropout_p,
+                )
+                for r in runs
+            ],
+            dim=1,
+        )  # (B, H, T, D)
     if G == H:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
@@ -83,6 +153,7 @@ def eager_attention(
     is_causal: bool,
     scale: float,
     dropout_p: float = 0.0,
+    group_sizes: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Like `sdpa_attention`, and also returns the weights ``(B, H, T, S)``.
 
@@ -90,6 +161,22 @@ def eager_attention(
     """
     B, H, T, D = q.shape
     G, S = k.shape[1], k.shape[2]
+    runs = _runs_or_none(group_sizes, H, G)
+    if runs is not None:
+        parts = [
+            eager_attention(
+                q[:, r.h0 : r.h0 + r.n * r.R],  # (B, n*R, T, D)
+                k[:, r.g0 : r.g0 + r.n],  # (B, n, S, D): a view
+                v[:, r.g0 : r.g0 + r.n],
+                _head_slice(mask, H, r.h0, r.h0 + r.n * r.R),
+                is_causal=is_causal,
+                scale=scale,
+                dropout_p=dropout_p,
+            )
+            for r in runs
+        ]
+        y = torch.cat([p[0] for p in parts], dim=1)  # (B, H, T, D)
+        return y, torch.cat([p[1] for p in parts], dim=1)  # (B, H, T, S)
     R = H // G
     qf = q.reshape(B, G, R * T, D)  # (B, G, R*T, D)
     scores = torch.matmul(qf, k.transpose(-1, -2)).view(B, H, T, S)  # (B, H, T, S)
