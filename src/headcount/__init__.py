@@ -6,6 +6,7 @@ from headcount.errors import (
     ConfigError,
     DTypeError,
     HeadcountError,
+    OutputError,
     ShapeError,
 )
 from headcount.loaders import corpus
@@ -28,6 +29,7 @@ __all__ = [
     "HeadcountError",
     "KVCache",
     "ModelShape",
+    "OutputError",
     "RoPE",
     "ShapeError",
     "__version__",

