@@ -122,6 +122,16 @@ class _Layer:
     down: nn.Module
     d_ff: int
     runs: tuple[GroupRun, ...]  # one run when the groups are uniform
+    slots: Tensor | None = None  # uneven groups: each query head's row among G x max(R) rows
+
+
+def _slots(group_sizes: Sequence[int], device: torch.device) -> Tensor | None:
+    """Uneven groups: the row of each query head when every group gets ``max(group_sizes)``
+    query rows of its KV head (None for uniform groups)."""
+    if len(set(group_sizes)) == 1:
+        return None
+    Rm = max(group_sizes)
+    return torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(device)
 
 
 class FastDecode:
@@ -164,6 +174,7 @@ class FastDecode:
                 layer.mlp.down,
                 model.config.d_ff,
                 group_runs(layer.attn.group_sizes),
+                _slots(layer.attn.group_sizes, self.device),
             )
             for layer in cast(list[Any], list(model.layers))
         ]
@@ -212,10 +223,12 @@ class FastDecode:
             if len(layer.runs) == 1:
                 q = qk[:H].view(1, G, H // G, D)  # the R query heads of a group as rows
                 y = self._attend(q, kv.k[:, :, :S], kv.v[:, :, :S], attn.scale)  # (1, G, R, D)
-            else:
-                y = torch.cat(
-                    [self._attend_run(r, qk, kv.k, kv.v, S, attn.scale) for r in layer.runs], 1
-                )
+            else:  # uneven groups: one call, each group's heads in max(R) rows, spare rows zero
+                assert layer.slots is not None
+                Rm = max(attn.group_sizes)
+                qp = qk.new_zeros(G * Rm, D).index_copy_(0, layer.slots, qk[:H])  # (G*Rm, D)
+                y = self._attend(qp.view(1, G, Rm, D), kv.k[:, :, :S], kv.v[:, :, :S], attn.scale)
+                y = y.view(G * Rm, D).index_select(0, layer.slots)  # (H, D)
             y = y.view(1, H, D)
             if attn.head_gate is not None:
                 y = y * attn.head_gate.view(1, H, 1).to(y.dtype)
@@ -243,16 +256,6 @@ class FastDecode:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
         scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # (1, G, R, S)
         return torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
-
-    def _attend_run(
-        self, r: GroupRun, qk: Tensor, k: Tensor, v: Tensor, S: int, scale: float
-    ) -> Tensor:
-        """One run of equal-sized groups: query heads ``r.h0 : r.h0 + r.n * r.R`` of ``qk``
-        against KV heads ``r.g0 : r.g0 + r.n`` of the cache; ``(1, n*R, D)``."""
-        D = qk.shape[-1]
-        q = qk[r.h0 : r.h0 + r.n * r.R].view(1, r.n, r.R, D)  # (1, n, R, D)
-        kg, vg = k[:, r.g0 : r.g0 + r.n, :S], v[:, r.g0 : r.g0 + r.n, :S]  # (1, n, S, D)
-        return self._attend(q, kg, vg, scale).view(1, r.n * r.R, D)
 
     def _linear(self, mod: nn.Module, x: Tensor) -> Tensor:
         if self._gemv and type(mod) is nn.Linear:

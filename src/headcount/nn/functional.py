@@ -85,6 +85,39 @@ def _fold_mask(mask: Tensor | None, G: int, R: int, T: int) -> Tensor | None:
     return mask.reshape(b, G, R * T, s)  # copies the mask only, never K or V
 
 
+def _head_dim(mask: Tensor) -> int:
+    return int(mask.shape[-3]) if mask.ndim >= 3 else 1
+
+
+def _padded_fold(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    group_sizes: Sequence[int],
+    scale: float,
+    dropout_p: float,
+) -> Tensor:
+    """Uneven groups in one SDPA call (decode): each group's query heads are placed in
+    ``Rm = max(group_sizes)`` query-row slots of their KV head, the spare slots hold zero queries
+    whose outputs are dropped. Copies q (and the output) only, never K or V."""
+    B, _, T, D = q.shape
+    G, Rm = len(group_sizes), max(group_sizes)
+    slots = torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(
+        q.device
+    )  # (H,): the slot of each query head
+    qp = q.new_zeros(B, G * Rm, T, D).index_copy_(1, slots, q)  # (B, G*Rm, T, D)
+    y = F.scaled_dot_product_attention(
+        qp.view(B, G, Rm * T, D),
+        k,
+        v,
+        attn_mask=_fold_mask(mask, G, Rm, T),
+        dropout_p=dropout_p,
+        scale=scale,
+    )  # (B, G, Rm*T, D)
+    return y.view(B, G * Rm, T, D).index_select(1, slots)  # (B, H, T, D)
+
+
 def sdpa_attention(
     q: Tensor,
     k: Tensor,
@@ -105,7 +138,10 @@ def sdpa_attention(
     B, H, T, D = q.shape
     G = k.shape[1]
     runs = _runs_or_none(group_sizes, H, G)
-    if runs is not None:
+    if runs is not None and group_sizes is not None:
+        Rm = max(group_sizes)
+        if not is_causal and Rm * T <= FOLD_MAX_ROWS and (mask is None or _head_dim(mask) == 1):
+            return _padded_fold(q, k, v, mask, group_sizes, scale, dropout_p)
         return torch.cat(
             [
                 sdpa_attention(
