@@ -51,3 +51,26 @@ def tiny_encoder(dtype: torch.dtype = torch.float32) -> Encoder:
 def ids() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 40, (96,), generator=g)
+
+
+def word_tokenizer() -> object:
+    """A word-level tokenizer over 40 ids: [PAD], [UNK] and 38 lowercase words w0..w37."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from headcount.loaders.tokenizer import Tokenizer
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(38)}}
+    backend = Backend(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    return Tokenizer(backend, pad_token_id=0)
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        k = int(torch.randint(3, 9, (1,), generator=g))
+        out.append(" ".join(f"w{int(i)}" for i in torch.randint(0, 38, (k,), generator=g)))
+    return out

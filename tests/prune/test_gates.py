@@ -56,3 +56,20 @@ def test_l0_penalty_closes_gates_and_training_is_seeded(ids: torch.Tensor) -> No
         train_gates(model, obj, lam=-1.0)
     with pytest.raises(ConfigError, match="steps"):
         train_gates(model, obj, lam=0.1, steps=0)
+
+
+def test_encoder_gates_keep_the_embeddings() -> None:
+    from headcount.prune import EmbeddingDistillation, apply_mask
+    from headcount.prune.objectives import evaluate
+    from tests.prune.conftest import sentences, tiny_encoder, word_tokenizer
+
+    model = tiny_encoder()
+    model.set_tokenizer(word_tokenizer())  # type: ignore[arg-type]
+    obj = EmbeddingDistillation(model, sentences(24), batch_size=8)
+    assert evaluate(obj, model) == pytest.approx(0.0, abs=1e-6)  # the teacher itself
+    keep = [torch.tensor([False, True, True, True]), torch.ones(3, dtype=torch.bool)]
+    apply_mask(model, keep)
+    assert evaluate(obj, model) > 1e-3  # a head gone: the embeddings move
+    apply_mask(model, None)
+    res = train_gates(model, obj, lam=0.05, steps=40, lr=0.2, seed=0)
+    assert sum(int(k.sum()) for k in res.keep()) < 7  # the penalty closes some gates

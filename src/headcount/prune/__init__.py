@@ -19,6 +19,7 @@ from headcount.prune.masks import (
 )
 from headcount.prune.objectives import (
     Contrastive,
+    EmbeddingDistillation,
     LanguageModeling,
     embedding_cosine,
     evaluate,
@@ -31,6 +32,7 @@ __all__ = [
     "METHODS",
     "Ablation",
     "Contrastive",
+    "EmbeddingDistillation",
     "GateResult",
     "Importance",
     "KeepMask",

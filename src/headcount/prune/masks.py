@@ -223,6 +223,11 @@ def remove_heads(model: Decoder | Encoder, keep: KeepMask) -> Decoder | Encoder:
             group_sizes=None if uniform else tuple(sizes),
         )
     else:
-        new.config = dataclasses.replace(cfg, n_heads=tuple(heads))
+        if any(len(set(s)) > 1 for s in sizes):
+            raise ConfigError(
+                f"removing these heads leaves KV groups of different sizes {sizes}, which an "
+                "encoder config cannot describe; remove whole groups (unit='group') instead"
+            )
+        new.config = dataclasses.replace(cfg, n_heads=tuple(heads), n_kv_heads=tuple(kv))
     new.source = ""  # a new model: saving it never counts as overwriting the original
     return new

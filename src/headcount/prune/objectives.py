@@ -180,6 +180,42 @@ class Contrastive:
         return F.cross_entropy(at_least_fp32(sims), torch.arange(P, device=sims.device))
 
 
+class EmbeddingDistillation:
+    """1 - cosine between an `Encoder`'s sentence embeddings and those of the model it was built
+    with (the unpruned teacher, computed once here). Zero, with a zero gradient, at the teacher
+    itself, so it cannot drive Michel's gradient score; it is the objective for learned gates and
+    recovery of encoders, whose job is to keep the embeddings."""
+
+    name = "1 - cosine to the unpruned model's sentence embeddings"
+
+    def __init__(self, model: Encoder, sentences: Sequence[str], batch_size: int = 32):
+        if not sentences:
+            raise ShapeError("the embedding objective needs at least one sentence")
+        self._batches: list[tuple[Batch, Tensor]] = []
+        with torch.no_grad():
+            for s in range(0, len(sentences), batch_size):
+                ids, mask = _encode_padded(model, sentences[s : s + batch_size])
+                self._batches.append((Batch(ids, mask), pooled(model, ids, mask).detach()))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(int(b.mask.sum()) for b, _ in self._batches if b.mask is not None))
+
+    def batches(self) -> Iterator[Batch]:
+        for b, _ in self._batches:
+            yield b
+
+    def loss(self, model: Decoder | Encoder, batch: Batch) -> Tensor:
+        if not isinstance(model, Encoder) or batch.mask is None:
+            raise ConfigError(
+                f"the embedding objective needs an Encoder, got {type(model).__name__}"
+            )
+        ref = next(t for b, t in self._batches if b is batch)
+        return (
+            1.0 - (pooled(model, batch.ids, batch.mask) * ref.to(batch.ids.device)).sum(-1).mean()
+        )
+
+
 def evaluate(objective: Objective, model: Decoder | Encoder) -> float:
     """Mean loss of ``model`` over every batch of ``objective`` (no gradients)."""
     total, n = 0.0, 0

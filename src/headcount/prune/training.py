@@ -1,0 +1,390 @@
+"""The training loop behind pruning recovery (`recover`) and conversion uptraining
+(`headcount.uptrain`): AdamW with linear warm-up and cosine decay, gradient clipping and
+accumulation, distillation and/or the objective's own loss, budgets in steps, tokens or minutes,
+and atomic, resumable checkpoints.
+
+Legend: B batch, T positions, V vocabulary, C model dim.
+
+Losses: ``kl`` = KL(teacher || student) of the next-token distributions at every position
+(Hinton et al. 2015 at temperature 1) for decoders, 1 - cosine of the pooled sentence embeddings
+for encoders; ``ce`` = the objective's own loss (next-token cross-entropy for
+`LanguageModeling`, the in-batch contrastive loss for `Contrastive`); ``kl+ce`` their sum.
+
+A checkpoint (``checkpoint_dir/uptrain.pt``) holds the model and optimizer states, the
+batch-order generator and the global torch RNG, the step, tokens, losses, the schedule length and
+a fingerprint of everything that shapes the run (config, hyper-parameters, data). It is written
+to a temporary file and renamed over the previous one (``os.replace``), so an interruption at any
+moment leaves the last complete checkpoint. A resumed run replays the same batches with the same
+learning rates and reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headcount.errors import CheckpointError, ConfigError, ShapeError
+from headcount.models import Decoder, Encoder
+from headcount.prune.objectives import Batch, Objective, at_least_fp32, pooled
+
+Loss = Literal["kl", "ce", "kl+ce"]
+LOSSES: tuple[str, ...] = ("kl", "ce", "kl+ce")
+Params = Literal["all", "attention"]
+Progress = Callable[[int, float, int, float], None]  # step, loss, tokens, elapsed seconds
+CHECKPOINT = "uptrain.pt"
+FORMAT = "headcount-uptrain"
+VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    steps: int  # optimizer steps taken in total (a resumed run counts the earlier ones)
+    tokens: int  # tokens fed to the model in total
+    seconds: float  # training time in total
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    tokens_seen: list[int] = field(default_factory=list)  # cumulative tokens after each step
+    resumed_from: int | None = None  # the step of the checkpoint this run continued from
+    stopped_by: str = ""  # "steps", "tokens" or "minutes"
+
+
+def distill_loss(student: Decoder | Encoder, teacher: Decoder | Encoder, batch: Batch) -> Tensor:
+    """KL(teacher || student) per token (decoders) or 1 - cos of embeddings (encoders)."""
+    if isinstance(student, Decoder):
+        ids = batch.ids.to(student.embed.weight.device)
+        return _kl(student(ids).logits, teacher, ids)
+    assert isinstance(teacher, Encoder) and batch.mask is not None
+    with torch.no_grad():
+        te = pooled(teacher, batch.ids, batch.mask)  # (N, C)
+    se = pooled(student, batch.ids, batch.mask)
+    return 1.0 - (se * te).sum(-1).mean()
+
+
+def _kl(logits: Tensor, teacher: Decoder | Encoder, ids: Tensor) -> Tensor:
+    with torch.no_grad():
+        t = F.log_softmax(at_least_fp32(teacher(ids).logits), dim=-1)  # (B, T, V)
+    s = F.log_softmax(at_least_fp32(logits), dim=-1)  # (B, T, V)
+    return F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% of ``lr`` at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(total - warmup, 1)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def batch_tokens(batch: Batch) -> int:
+    return int(batch.ids.numel() if batch.mask is None else batch.mask.sum())
+
+
+def train(
+    model: Decoder | Encoder,
+    teacher: Decoder | Encoder | None,
+    data: Objective,
+    *,
+    steps: int | None = None,
+    tokens: int | None = None,
+    minutes: float | None = None,
+    loss: Loss = "kl",
+    params: Params = "all",
+    lr: float = 3e-4,
+    warmup: int = 10,
+    weight_decay: float = 0.0,
+    grad_accum: int = 1,
+    clip: float = 1.0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on the batches of ``data`` (cycled, shuffled per epoch with
+    ``seed``; ``grad_accum`` batches per optimizer step) until the first budget runs out:
+    ``steps`` optimizer steps, ``tokens`` tokens or ``minutes`` of training. The cosine schedule
+    spans the steps the budget allows (estimated from the first steps' speed when only
+    ``minutes`` is given). See the module docstring for losses and checkpoints.
+    """
+    _check(model, teacher, steps, tokens, minutes, loss, params, lr, warmup, grad_accum, clip)
+    if checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs the checkpoint_dir of the run to continue")
+    batches = list(data.batches())
+    if not batches:
+        raise ShapeError("the training data yields no batches")
+    per_step = grad_accum * sum(batch_tokens(b) for b in batches) / len(batches)
+    total = steps
+    if tokens is not None:
+        by_tokens = max(math.ceil(tokens / per_step), 1)
+        total = by_tokens if total is None else min(total, by_tokens)
+    fingerprint = _fingerprint(
+        model, teacher, batches, loss, params, lr, warmup, weight_decay, grad_accum, clip, seed
+    )
+    fingerprint.update(steps=steps, tokens=tokens)
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
+    if path is not None and not resume and path.exists():
+        raise ConfigError(
+            f"{path} holds the checkpoint of an earlier run; pass resume=True to continue it, "
+            "or choose another checkpoint_dir"
+        )
+    trainable = [
+        p
+        for n, p in model.named_parameters()
+        if params == "all" or ".attn." in n or n.startswith("attn.")
+    ]
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    if teacher is not None:
+        teacher.eval()
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    result = TrainResult(0, 0, 0.0)
+    order: list[int] = []
+    devices = [d.index for d in {p.device for p in model.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices):  # the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        if resume and path is not None and path.exists():
+            order, total = _restore(path, fingerprint, model, opt, gen, result)
+        budget_s = None if minutes is None else minutes * 60.0
+        start_step, t0, saved = result.steps, time.perf_counter(), result.steps
+        model.train()
+        try:
+            while True:
+                elapsed = result.seconds + time.perf_counter() - t0
+                if steps is not None and result.steps >= steps:
+                    result.stopped_by = "steps"
+                elif tokens is not None and result.tokens >= tokens:
+                    result.stopped_by = "tokens"
+                elif budget_s is not None and elapsed >= budget_s:
+                    result.stopped_by = "minutes"
+                if result.stopped_by:
+                    break
+                if total is None and result.steps - start_step == 3 and budget_s is not None:
+                    speed = (time.perf_counter() - t0) / 3  # seconds per step
+                    total = result.steps + max(int((budget_s - elapsed) / speed), 1)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(result.steps, total or 1_000_000, lr, warmup)
+                opt.zero_grad(set_to_none=True)
+                step_loss, step_tokens = 0.0, 0
+                for _ in range(grad_accum):
+                    if not order:
+                        order = torch.randperm(len(batches), generator=gen).tolist()
+                    batch = batches[order.pop()]
+                    value = _loss(model, teacher, data, batch, loss) / grad_accum
+                    value.backward()
+                    step_loss += float(value.detach())
+                    step_tokens += batch_tokens(batch)
+                torch.nn.utils.clip_grad_norm_(trainable, clip)
+                opt.step()
+                result.steps += 1
+                result.tokens += step_tokens
+                result.losses.append(step_loss)
+                result.tokens_seen.append(result.tokens)
+                now = result.seconds + time.perf_counter() - t0
+                if path is not None and result.steps % checkpoint_every == 0:
+                    _save(path, fingerprint, model, opt, gen, order, total, result, now)
+                    saved = result.steps
+                if progress is not None:
+                    progress(result.steps, step_loss, result.tokens, now)
+            if path is not None and saved != result.steps:
+                now = result.seconds + time.perf_counter() - t0
+                _save(path, fingerprint, model, opt, gen, order, total, result, now)
+        finally:
+            model.eval()
+            for p, f in zip(model.parameters(), flags, strict=True):
+                p.requires_grad_(f)
+    result.seconds += time.perf_counter() - t0
+    return result
+
+
+def _check(
+    model: Decoder | Encoder,
+    teacher: Decoder | Encoder | None,
+    steps: int | None,
+    tokens: int | None,
+    minutes: float | None,
+    loss: str,
+    params: str,
+    lr: float,
+    warmup: int,
+    grad_accum: int,
+    clip: float,
+) -> None:
+    if steps is None and tokens is None and minutes is None:
+        raise ConfigError("give a training budget: tokens and/or minutes")
+    for name, value in (("steps", steps), ("tokens", tokens)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value <= 0
+        ):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if minutes is not None and not minutes > 0:
+        raise ConfigError(f"minutes must be > 0, got {minutes}")
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if "kl" in loss:
+        if teacher is None:
+            raise ConfigError(f"loss {loss!r} distils toward a teacher: pass teacher=")
+        if type(model) is not type(teacher):
+            raise ConfigError(
+                f"student {type(model).__name__} and teacher {type(teacher).__name__} differ"
+            )
+    if params not in ("all", "attention"):
+        raise ConfigError(f"params must be 'all' or 'attention', got {params!r}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"warmup must be a non-negative number of steps, got {warmup!r}")
+    if not isinstance(grad_accum, int) or isinstance(grad_accum, bool) or grad_accum < 1:
+        raise ConfigError(f"grad_accum must be a positive integer, got {grad_accum!r}")
+    if not clip > 0:
+        raise ConfigError(f"clip must be > 0, got {clip}")
+
+
+def _loss(
+    model: Decoder | Encoder,
+    teacher: Decoder | Encoder | None,
+    data: Objective,
+    batch: Batch,
+    kind: str,
+) -> Tensor:
+    if isinstance(model, Decoder) and kind == "kl+ce":  # one student forward for both
+        assert teacher is not None
+        ids = batch.ids.to(model.embed.weight.device)
+        logits = model(ids).logits  # (B, T, V)
+        ce = F.cross_entropy(at_least_fp32(logits[:, :-1].flatten(0, 1)), ids[:, 1:].flatten())
+        return _kl(logits, teacher, ids) + ce
+    parts = []
+    if "kl" in kind:
+        assert teacher is not None
+        parts.append(distill_loss(model, teacher, batch))
+    if "ce" in kind:
+        parts.append(data.loss(model, batch))
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _fingerprint(
+    model: Decoder | Encoder,
+    teacher: Decoder | Encoder | None,
+    batches: list[Batch],
+    loss: str,
+    params: str,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    grad_accum: int,
+    clip: float,
+    seed: int,
+) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(b.ids.to(torch.int64).contiguous().numpy().tobytes())
+        if b.mask is not None:
+            h.update(b.mask.to(torch.uint8).contiguous().numpy().tobytes())
+        h.update(str(b.pairs).encode())
+    return {
+        "model": model.config.to_dict(),
+        "teacher": None if teacher is None else teacher.config.to_dict(),
+        "data": h.hexdigest(),
+        "loss": loss,
+        "params": params,
+        "lr": lr,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "grad_accum": grad_accum,
+        "clip": clip,
+        "seed": seed,
+    }
+
+
+def _save(
+    path: Path,
+    fingerprint: dict[str, Any],
+    model: Decoder | Encoder,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    order: list[int],
+    total: int | None,
+    result: TrainResult,
+    seconds: float,
+) -> None:
+    """Write the checkpoint to a temporary file and rename it over ``path`` (atomic)."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "batch_rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "order": list(order),
+        "total": total,
+        "step": result.steps,
+        "tokens": result.tokens,
+        "losses": list(result.losses),
+        "tokens_seen": list(result.tokens_seen),
+        "seconds": seconds,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _restore(
+    path: Path,
+    fingerprint: dict[str, Any],
+    model: Decoder | Encoder,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    result: TrainResult,
+) -> tuple[list[int], int | None]:
+    """Load the checkpoint at ``path`` into the model, optimizer, RNGs and ``result``."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("version") != VERSION:
+        raise CheckpointError(f"{path}: not a headcount training checkpoint of version {VERSION}")
+    old = ck["fingerprint"]
+    differ = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if differ:
+        detail = "; ".join(
+            f"{k}: {_short(old.get(k))} then, {_short(fingerprint.get(k))} now" for k in differ
+        )
+        raise CheckpointError(f"{path} was written by a different run ({detail})")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    gen.set_state(ck["batch_rng"])
+    torch.set_rng_state(ck["torch_rng"])
+    result.steps, result.tokens = int(ck["step"]), int(ck["tokens"])
+    result.losses, result.tokens_seen = list(ck["losses"]), list(ck["tokens_seen"])
+    result.seconds = float(ck["seconds"])
+    result.resumed_from = result.steps
+    return list(ck["order"]), ck["total"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
