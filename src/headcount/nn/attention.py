@@ -57,7 +57,10 @@ class Attention(nn.Module):
 
     Optional parts: ``rope`` (a `RoPE`, applied to Q and K at absolute positions), ``head_gate``
     (a ``(H,)`` tensor multiplying each head's output before ``o_proj``; None means all ones),
-    ``weights_hook`` (called with the weights ``(B, H, T, S)`` on every forward, for analysis).
+    ``weights_hook`` (called with the weights ``(B, H, T, S)`` on every forward, for analysis),
+    ``window`` (sliding-window attention: the query at position p sees keys p-W+1 .. p only, as in
+    Mistral and Gemma's local layers; None attends to every key). A `KVCache` built with the same
+    ``window`` holds only the last W positions.
     """
 
     head_gate: Tensor | None
@@ -75,10 +78,12 @@ class Attention(nn.Module):
         *,
         o_bias: bool | None = None,
         group_sizes: Sequence[int] | None = None,
+        window: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.window = None if window is None else _positive("window", window)
         _positive("d_model", d_model)
         _positive("n_heads", n_heads)
         n_kv_heads = n_heads if n_kv_heads is None else _positive("n_kv_heads", n_kv_heads)
@@ -226,20 +231,27 @@ class Attention(nn.Module):
         """
         B, T = self._check_input("x", x)
         H, D = self.n_heads, self.head_dim
+        if self.window is not None and context is not None:
+            raise ConfigError("a sliding window applies to self-attention, not to a context")
         q, k, v = self._project(x, context, cache)  # (B, H, T, D), (B, G, S_new, D) x2
         past = cache.length if cache is not None else 0
         if self.rope is not None and context is None:
             if positions is None:
                 positions = torch.arange(past, past + T, device=x.device)
             q, k = self.rope(q, positions), self.rope(k, positions)
-        if cache is not None:
+        need_weights = return_weights or self.weights_hook is not None or self.backend == "eager"
+        band = None
+        if cache is not None and cache.window is not None:
+            k, v, band, attention_mask = self._ring(k, v, cache, attention_mask, need_weights)
+        elif cache is not None:
             if context is None or cache.length == 0:
                 k, v = cache.append(k, v)  # views of everything cached, (B, G, S, D)
             else:
                 k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]
         S = k.shape[2]
-        mask, is_causal, valid = self._mask(B, T, S, causal, attention_mask, attn_mask, x)
-        need_weights = return_weights or self.weights_hook is not None or self.backend == "eager"
+        if self.window is not None and band is None and k.shape[2] > self.window:
+            band = self._band(torch.arange(S - T, S, device=x.device), 0, S)
+        mask, is_causal, valid = self._mask(B, T, S, causal, attention_mask, attn_mask, x, band)
         dropout_p = self.dropout if self.training else 0.0
         sizes = None if self.uniform_groups else self.group_sizes  # uneven: one call per run
         weights = None
@@ -274,6 +286,55 @@ class Attention(nn.Module):
             y = y * self.head_gate.view(1, H, 1, 1).to(y.dtype)
         out = self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
         return (out, weights) if return_weights else out  # type: ignore[return-value]
+
+    def _band(self, qpos: Tensor, k0: int, k1: int) -> Tensor:
+        """``(T, S)`` bool: key at absolute position ``k0 .. k1-1`` is at most W-1 before the query."""
+        assert self.window is not None
+        kpos = torch.arange(k0, k1, device=qpos.device)
+        return kpos[None, :] > qpos[:, None] - self.window  # (T, S)
+
+    def _ring(
+        self,
+        k: Tensor,
+        v: Tensor,
+        cache: KVCache,
+        attention_mask: Tensor | None,
+        need_weights: bool,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Attend through a windowed (ring) cache. Returns the keys and values to attend to, the
+        band mask ``(T, S)`` (None when every key is inside the window) and ``attention_mask``
+        restricted to those keys.
+
+        One new query without weights reads the ring in place: after writing position p into
+        slot p % W, the ring holds exactly positions p-W+1 .. p. Otherwise the last W-1 cached
+        positions are copied in order in front of the new ones (prefill, chunks, weights).
+        """
+        if self.window is None or cache.window is None or cache.window < self.window:
+            raise ConfigError(
+                f"a KVCache with window={cache.window} cannot serve attention with window={self.window}"
+            )
+        B, _, T, _ = k.shape
+        past = cache.length
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
+            raise ShapeError(
+                f"attention_mask must be (B, S) = ({B}, {past + T}) over all keys (cached ones included), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if T == 1 and not need_weights and cache.window == self.window:
+            k, v = cache.append(k, v)  # (B, G, held, D): the window, in slot order
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, cache.positions(k.device)]
+            return k, v, None, attention_mask
+        old_k, old_v = cache.recent(self.window - 1)
+        n_old = old_k.shape[2]
+        k_all, v_all = torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2)  # (B, G, S, D)
+        cache.append(k, v)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, past - n_old :]
+        if past + T <= self.window:  # every key is inside every query's window
+            return k_all, v_all, None, attention_mask
+        qpos = torch.arange(past, past + T, device=k.device)
+        return k_all, v_all, self._band(qpos, past - n_old, past + T), attention_mask
 
     def _check_input(self, name: str, t: Tensor) -> tuple[int, int]:
         if t.ndim != 3 or t.shape[-1] != self.d_model:
@@ -320,20 +381,21 @@ class Attention(nn.Module):
         attention_mask: Tensor | None,
         attn_mask: Tensor | None,
         x: Tensor,
+        band: Tensor | None = None,
     ) -> tuple[Tensor | None, bool, Tensor | None]:
         """Combine the masks into one broadcastable to ``(B, H, T, S)``.
 
         Returns ``(mask, is_causal, valid)``: ``is_causal`` asks the kernel for a plain causal
         mask (no other mask, T == S); ``valid (B|1, H|1, T, 1)`` marks rows that see at least one
         key, or is None when every row does. Rows that see none are unmasked so the kernel gives
-        no NaN, and zeroed afterwards with ``valid``.
+        no NaN, and zeroed afterwards with ``valid``. ``band (T, S)``: the sliding window.
         """
         H = self.n_heads
-        parts_bool: list[Tensor] = []
+        parts_bool: list[Tensor] = [] if band is None else [band[None, None]]
         if causal:
             if T > S:
                 raise ShapeError(f"causal attention with {T} queries but only {S} keys")
-            if T == S and attention_mask is None and attn_mask is None:
+            if T == S and attention_mask is None and attn_mask is None and band is None:
                 return None, True, None
             if T > 1:  # with T == 1 the newest query sees every cached key
                 parts_bool.append(causal_mask(T, S, x.device)[None, None])  # (1, 1, T, S)
@@ -390,7 +452,8 @@ class Attention(nn.Module):
 
     def extra_repr(self) -> str:
         groups = "" if self.uniform_groups else f", group_sizes={self.group_sizes}"
+        window = "" if self.window is None else f", window={self.window}"
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-            f"head_dim={self.head_dim}, dropout={self.dropout}{groups}"
+            f"head_dim={self.head_dim}, dropout={self.dropout}{groups}{window}"
         )

@@ -1,6 +1,10 @@
 """A preallocated key/value cache that holds KV heads, never copies expanded to query heads.
 
-Legend: B batch, G KV heads, S cached positions, S_max capacity, D head dim.
+A sliding-window layer's cache (``window=W``) is a ring of ``min(W, S_max)`` slots: position
+``p`` is written to slot ``p % W``, and ``length`` keeps counting absolute positions, so RoPE
+and the band mask stay right while the memory stays flat beyond W.
+
+Legend: B batch, G KV heads, S cached positions, S_max capacity, W window, D head dim.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ class KVCache(nn.Module):
 
     ``append(k, v)`` writes the new positions after the ``length`` already held and returns
     views ``(B, G, length, D)`` of everything cached; nothing is concatenated or expanded.
+
+    ``window=W`` (a sliding-window layer): the buffers hold ``min(W, S_max)`` slots, position
+    ``p`` lives in slot ``p % W``; ``length`` still counts every position appended and may
+    reach ``max_len``. ``append`` then returns the slots in slot order and `positions` gives
+    the absolute position each one holds.
     """
 
     k: Tensor
@@ -29,6 +38,7 @@ class KVCache(nn.Module):
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        window: int | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -36,12 +46,16 @@ class KVCache(nn.Module):
             ("max_len", max_len),
             ("n_kv_heads", n_kv_heads),
             ("head_dim", head_dim),
+            *((("window", window),) if window is not None else ()),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"KVCache {name} must be a positive integer, got {value!r}")
         if not (dtype.is_floating_point):
             raise DTypeError(f"KVCache dtype must be a floating-point dtype, got {dtype}")
-        shape = (batch_size, n_kv_heads, max_len, head_dim)  # (B, G, S_max, D)
+        self.window = window
+        self._max_len = max_len
+        slots = max_len if window is None else min(window, max_len)
+        shape = (batch_size, n_kv_heads, slots, head_dim)  # (B, G, S_max or min(W, S_max), D)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.length = 0
@@ -56,7 +70,36 @@ class KVCache(nn.Module):
 
     @property
     def max_len(self) -> int:
+        """The most positions this cache accepts (absolute; a windowed cache keeps the last W)."""
+        return self._max_len
+
+    @property
+    def slots(self) -> int:
+        """Positions the buffers hold: ``max_len``, or ``min(window, max_len)`` for a window."""
         return self.k.shape[2]
+
+    @property
+    def held(self) -> int:
+        """Positions currently stored: ``length``, at most ``slots``."""
+        return min(self.length, self.slots)
+
+    def positions(self, device: torch.device | None = None) -> Tensor:
+        """``(held,)``: the absolute position stored in each of the first ``held`` slots."""
+        n, p = self.held, self.length
+        slot = torch.arange(n, device=device)
+        if self.window is None or p <= self.slots:
+            return slot
+        return p - 1 - torch.remainder(p - 1 - slot, self.slots)
+
+    def recent(self, n: int) -> tuple[Tensor, Tensor]:
+        """The last ``min(n, held)`` keys and values in position order, ``(B, G, n, D)`` each
+        (views for a plain cache, copies for a ring that has wrapped)."""
+        n = min(n, self.held)
+        start = self.length - n
+        if self.window is None or self.length <= self.slots:
+            return self.k[:, :, start : self.length], self.v[:, :, start : self.length]
+        idx = torch.arange(start, self.length, device=self.k.device) % self.slots
+        return self.k.index_select(2, idx), self.v.index_select(2, idx)
 
     @property
     def head_dim(self) -> int:
@@ -94,7 +137,8 @@ class KVCache(nn.Module):
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``k, v (B, G, T, D)`` at positions ``length .. length+T-1``.
 
-        Returns views ``(B, G, length, D)`` of all cached keys and values. Raises
+        Returns views ``(B, G, length, D)`` of all cached keys and values (a windowed cache:
+        its ``held`` slots in slot order, see `positions`). Raises
         `CacheOverflowError` (leaving the cache unchanged) if they do not fit.
         """
         if k.shape != v.shape or k.ndim != 4:
@@ -109,13 +153,21 @@ class KVCache(nn.Module):
                 f"KV cache overflow: {self.length} cached + {T} new = {end} positions "
                 f"> max_len={self.max_len}; create the cache with a larger max_len"
             )
-        self.k[:, :, self.length : end].copy_(k)
-        self.v[:, :, self.length : end].copy_(v)
+        if self.window is None:
+            self.k[:, :, self.length : end].copy_(k)
+            self.v[:, :, self.length : end].copy_(v)
+            self.length = end
+            return self.k[:, :, :end], self.v[:, :, :end]
+        keep = min(T, self.slots)  # older new positions would be overwritten at once
+        idx = torch.arange(end - keep, end, device=self.k.device) % self.slots
+        self.k.index_copy_(2, idx, k[:, :, T - keep :])
+        self.v.index_copy_(2, idx, v[:, :, T - keep :])
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k[:, :, : self.held], self.v[:, :, : self.held]
 
     def extra_repr(self) -> str:
         return (
             f"batch_size={self.batch_size}, max_len={self.max_len}, n_kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}, dtype={self.dtype}, length={self.length}"
+            + ("" if self.window is None else f", window={self.window}")
         )
