@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from headcount.errors import HeadcountError
 
 # Subcommand modules, in the order `headcount --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "kv", "run", "analyze", "view")
+COMMANDS: tuple[str, ...] = ("demo", "kv", "run", "analyze", "view", "importance", "prune")
 
 
 class UsageError(Exception):
@@ -26,7 +26,8 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headcount",
-        description="Multi-head attention and its heads: MHA/GQA/MQA, real checkpoints, analysis.",
+        description="Multi-head attention and its heads: MHA/GQA/MQA, real checkpoints, "
+        "analysis, pruning.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -1,12 +1,14 @@
-"""Matplotlib figures of a head analysis (PNG): a layer x head heatmap per score, the role map,
-and attention-pattern thumbnails. Built with the object API on an Agg canvas: no pyplot state,
-no display needed."""
+"""Matplotlib figures (PNG): a layer x head heatmap per score, the role map and attention-pattern
+thumbnails of a head analysis; the kept/removed head map and the loss curve of a pruning run.
+Built with the object API on an Agg canvas: no pyplot state, no display needed."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import torch
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -29,6 +31,14 @@ ROLE_COLOURS = {
 }
 
 
+def ragged(rows: list[Tensor]) -> Tensor:
+    """Per-layer vectors as one ``(L, max)`` float64 table, NaN where a layer has fewer entries."""
+    out = torch.full((len(rows), max(r.numel() for r in rows)), math.nan, dtype=torch.float64)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r.detach().double().cpu()
+    return out
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -38,24 +48,42 @@ def _size(L: int, H: int) -> tuple[float, float]:
     return (1.6 + 0.38 * H, 1.2 + 0.24 * L)
 
 
-def _group_lines(ax: object, groups: list[list[int]]) -> None:
-    """Vertical lines between KV groups (taken from the first layer)."""
-    g = groups[0] if groups else []
-    for h in range(1, len(g)):
-        if g[h] != g[h - 1]:
-            ax.axvline(h - 0.5, color="white", lw=1.5)  # type: ignore[attr-defined]
+def _group_lines(ax: Axes, groups: list[list[int]], color: str = "white") -> None:
+    """Vertical lines between KV groups: through every layer when all layers group their heads
+    alike, else one segment per layer (``groups[l][h]``: the KV head of head h of layer l)."""
+    if not groups:
+        return
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
+    same = all(g == groups[0] for g in groups)
+    for layer, g in enumerate(groups[:1] if same else groups):
+        for h in range(1, len(g)):
+            if g[h] != g[h - 1]:
+                if same:
+                    ax.axvline(h - 0.5, color=color, lw=1.5)
+                else:
+                    ax.plot([h - 0.5, h - 0.5], [layer - 0.5, layer + 0.5], color=color, lw=1.5)
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
 
 
 def heatmap(
-    table: Tensor, title: str, path: Path, groups: list[list[int]], *, diverging: bool = False
+    table: Tensor,
+    title: str,
+    path: Path,
+    groups: list[list[int]],
+    *,
+    diverging: bool = False,
+    limit: float = 1.0,
+    xlabel: str = "head",
 ) -> None:
-    """``table (L, H)``: one cell per head, KV groups separated by white lines."""
+    """``table (L, H)``: one cell per head, KV groups separated by white lines; NaN cells blank.
+    ``diverging``: a red-blue scale over [-limit, limit]."""
     L, H = table.shape
     fig = Figure(figsize=_size(L, H))
     ax = fig.add_subplot()
     data = table.float().numpy()
     if diverging:
-        im = ax.imshow(data, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        im = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
     else:
         finite = data[~(data != data)]
         vmax = float(finite.max()) if finite.size else 1.0
@@ -63,8 +91,8 @@ def heatmap(
         im = ax.imshow(
             data, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1, aspect="auto"
         )
-    _group_lines(ax, groups)
-    ax.set_xlabel("head")
+    _group_lines(ax, groups, color="#444" if diverging else "white")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
     ax.set_xticks(range(H))
     ax.set_yticks(range(0, L, max(1, L // 15)))
@@ -145,3 +173,52 @@ def all_figures(a: HeadAnalysis, folder: Path) -> list[tuple[str, str]]:
         )
     assert set(THRESHOLDS) <= set(ROLE_COLOURS)
     return out
+
+
+def keep_map(keep: list[list[bool]], groups: list[list[int]], path: Path, title: str) -> None:
+    """Which heads a pruning run kept (``keep[l][h]``) and removed, KV groups separated by lines."""
+    L, H = len(keep), max(len(k) for k in keep)
+    grid = [[math.nan] * H for _ in range(L)]
+    for layer, row in enumerate(keep):
+        for h, kept in enumerate(row):
+            grid[layer][h] = 1.0 if kept else 0.0
+    fig = Figure(figsize=(_size(L, H)[0] + 1.6, _size(L, H)[1]))
+    ax = fig.add_subplot()
+    colours = {"removed": "#d9d9d9", "kept": "#2ca02c"}
+    ax.imshow(grid, cmap=ListedColormap(list(colours.values())), vmin=-0.5, vmax=1.5, aspect="auto")
+    if L * H <= 400:
+        for layer, row in enumerate(keep):
+            for h, kept in enumerate(row):
+                if not kept:
+                    ax.text(h, layer, "x", ha="center", va="center", fontsize=7, color="#666")
+    _group_lines(ax, groups, color="black")
+    ax.set_xlabel("head (lines separate KV groups)")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(0, L, max(1, L // 15)))
+    ax.set_title(title, fontsize=10)
+    handles = [Patch(facecolor=c, edgecolor="#999", label=n) for n, c in colours.items()]
+    ax.legend(
+        handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False
+    )
+    _save(fig, path)
+
+
+def loss_curve(losses: list[float], path: Path, title: str, ylabel: str = "loss") -> None:
+    """Loss per step, with its running mean over a tenth of the steps."""
+    fig = Figure(figsize=(6.0, 3.4))
+    ax = fig.add_subplot()
+    steps = range(1, len(losses) + 1)
+    ax.plot(steps, losses, color="#9ecae1", lw=1, label="per step")
+    k = max(1, len(losses) // 10)
+    if k > 1:
+        run = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot(steps, run, color="#1f77b4", lw=2, label=f"mean of {k} steps")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path)

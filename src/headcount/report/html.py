@@ -1,11 +1,14 @@
-"""index.html of a head analysis: one self-contained page (figures inlined, no network)."""
+"""index.html of a head analysis: one self-contained page (figures inlined, no network), and the
+pieces every report page shares (`page_start`, `figures_html`, `sortable_table`, `page_end`)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from headcount.heads.analysis import HeadAnalysis, syntax_column
 from headcount.heads.roles import (
@@ -56,8 +59,7 @@ def _num(v: object) -> str:
 def render_index(a: HeadAnalysis, figures: list[tuple[str, str]], folder: Path) -> str:
     """The page, with the PNGs of ``folder`` inlined as data URIs."""
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>headcount report: {_e(a.model)}</title><style>{CSS}</style></head><body>",
+        page_start(f"headcount report: {a.model}"),
         f"<h1>What each head does: {_e(a.model or 'model')}</h1>",
         "<pre>" + _e("\n".join(summary_lines(a))) + "</pre>",
         "<h2>Heads found</h2><ul class='found'>",
@@ -103,12 +105,7 @@ def render_index(a: HeadAnalysis, figures: list[tuple[str, str]], folder: Path) 
             )
         parts.append("</table>")
     parts.append("<h2>Figures</h2>")
-    for fname, caption in figures:
-        data = base64.b64encode((folder / fname).read_bytes()).decode("ascii")
-        parts.append(
-            f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
-            f"<figcaption>{_e(caption)} (<code>figures/{_e(fname)}</code>)</figcaption></figure>"
-        )
+    parts += figures_html(figures, folder)
     parts.append("<h2>How each score is defined</h2><dl>")
     for name in a.scores:
         parts.append(f"<dt><code>{name}</code></dt><dd>{_e(DEFINITIONS.get(name, ''))}</dd>")
@@ -136,26 +133,56 @@ def render_index(a: HeadAnalysis, figures: list[tuple[str, str]], folder: Path) 
     parts.append(_table(a))
     meta = ", ".join(f"{k}={_e(v)}" for k, v in a.meta.items())
     parts.append(f"<h2>Run</h2><p><small>{meta}</small></p>")
-    parts.append(f"<pre id='hc-status' hidden></pre><script>{SORT_JS}</script></body></html>")
+    parts.append(page_end())
     return "\n".join(parts)
 
 
 def _table(a: HeadAnalysis) -> str:
     rows = a.rows()
+    assert all(syntax_column(k) in rows[0] for k in a.syntax)
+    return "<h2>Every head</h2>" + sortable_table(rows, text_columns=("role",))
+
+
+# ------------------------------------------------------------- pieces every report page uses
+def page_start(title: str) -> str:
+    """The page up to and including ``<body>``: charset, title and the shared style sheet."""
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+    )
+
+
+def page_end() -> str:
+    """The status element the page tests read, the table-sorting script, the closing tags."""
+    return f"<pre id='hc-status' hidden></pre><script>{SORT_JS}</script></body></html>"
+
+
+def figures_html(figures: list[tuple[str, str]], folder: Path) -> list[str]:
+    """One ``<figure>`` per ``(file name, caption)``, the PNG of ``folder`` inlined as a data URI."""
+    out = []
+    for fname, caption in figures:
+        data = base64.b64encode((folder / fname).read_bytes()).decode("ascii")
+        out.append(
+            f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(caption)} (<code>figures/{_e(fname)}</code>)</figcaption></figure>"
+        )
+    return out
+
+
+def sortable_table(rows: Sequence[Mapping[str, Any]], text_columns: tuple[str, ...] = ()) -> str:
+    """The one table of a page (``id='heads'``, which the sorting script and page tests find):
+    a column per key of ``rows[0]``, numbers to 3 decimals, NaN blank; click a header to sort."""
     cols = list(rows[0])
-    out = [
-        "<h2>Every head</h2><p>Click a column to sort.</p><div class='scroll'><table id='heads'><thead><tr>"
-    ]
-    out += [f"<th class='{'l' if c == 'role' else ''}'>{_e(c)}</th>" for c in cols]
+    out = ["<p>Click a column to sort.</p><div class='scroll'><table id='heads'><thead><tr>"]
+    out += [f"<th class='{'l' if c in text_columns else ''}'>{_e(c)}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
     for r in rows:
         cells = []
         for c in cols:
             v = r[c]
             dv = "" if isinstance(v, float) and math.isnan(v) else v
-            cls = " class='l'" if c == "role" else ""
+            cls = " class='l'" if c in text_columns else ""
             cells.append(f"<td{cls} data-v='{_e(dv)}'>{_num(v)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
-    assert all(syntax_column(k) in cols for k in a.syntax)
     return "".join(out)
