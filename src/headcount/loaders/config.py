@@ -70,6 +70,13 @@ class DecoderConfig(_ConfigBase):
     ``head_dim`` is explicit (never silently ``d_model // n_heads``); ``max_len`` is the context
     length; ``eos_token_ids`` end generation. ``group_sizes``: per layer, the query heads of each
     KV head when groups differ in size (after pruning); None means ``H // G`` everywhere.
+
+    Sliding-window models: ``layer_types`` gives ``"full"`` or ``"sliding"`` per layer (None:
+    every layer slides when ``sliding_window`` is set, else every layer is full); sliding layers
+    see the last ``sliding_window`` positions and rotate with ``rope_local_base`` (None: the
+    same ``rope_base``). ``query_pre_attn_scalar``: scores scale by its ``**-0.5`` instead of
+    ``head_dim**-0.5`` (Gemma). ``architecture="gemma3"`` builds `Gemma3Decoder`. The defaults
+    keep a Llama model exactly as before.
     """
 
     kind: ClassVar[str] = "decoder"
@@ -90,10 +97,17 @@ class DecoderConfig(_ConfigBase):
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default=())
     group_sizes: tuple[tuple[int, ...], ...] | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_base: float | None = None
+    query_pre_attn_scalar: float | None = None
+
+    LAYER_TYPES: ClassVar[tuple[str, ...]] = ("full", "sliding")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "max_len"):
             _positive(name, getattr(self, name))
+        self._check_windows()
         heads = _per_layer(self, "n_heads")
         kv = _per_layer(self, "n_kv_heads")
         if self.group_sizes is None:
@@ -132,6 +146,38 @@ class DecoderConfig(_ConfigBase):
                     f"summing to n_heads={h}"
                 )
         object.__setattr__(self, "group_sizes", sizes)
+
+    def _check_windows(self) -> None:
+        if self.sliding_window is not None:
+            _positive("sliding_window", self.sliding_window)
+        if self.layer_types is not None:
+            types = tuple(self.layer_types)
+            if len(types) != self.n_layers or any(t not in self.LAYER_TYPES for t in types):
+                raise ConfigError(
+                    f"layer_types must hold n_layers={self.n_layers} entries of {self.LAYER_TYPES}, "
+                    f"got {types}"
+                )
+            if "sliding" in types and self.sliding_window is None:
+                raise ConfigError("layer_types has sliding layers but sliding_window is None")
+            object.__setattr__(self, "layer_types", types)
+        for name in ("rope_local_base", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not value > (1 if name == "rope_local_base" else 0):
+                raise ConfigError(f"{name} must be positive (and a RoPE base > 1), got {value}")
+
+    def layer_window(self, i: int) -> int | None:
+        """The sliding window of layer ``i``, or None for a layer that sees every position."""
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[i] == "sliding":
+            return self.sliding_window
+        return None
+
+    def layer_rope_base(self, i: int) -> float:
+        """RoPE base of layer ``i``: ``rope_local_base`` on sliding layers when given."""
+        if self.layer_window(i) is not None and self.rope_local_base is not None:
+            return self.rope_local_base
+        return self.rope_base
 
     def layer_group_sizes(self, i: int) -> tuple[int, ...]:
         """Query heads per KV head in layer ``i``: ``group_sizes[i]``, or ``H // G`` each."""

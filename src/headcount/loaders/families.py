@@ -74,11 +74,17 @@ def _gguf_qkv(ts: list[Tensor], cfg: Any, i: int) -> Tensor:
     )
 
 
+def _gemma_norm(ts: list[Tensor], cfg: Any, i: int) -> Tensor:
+    """llama.cpp stores Gemma's RMSNorm weights as ``1 + w``; headcount (and HF) keep ``w``."""
+    return ts[0] - 1.0
+
+
 TRANSFORMS: dict[str, Transform] = {
     "copy": _copy,
     "fuse": _fuse,
     "qkv": _qkv,
     "gguf_qkv": _gguf_qkv,
+    "gemma_norm": _gemma_norm,
 }
 
 # The inverse of a transform: (headcount tensor, config, layer, number of sources) -> the sources.
@@ -107,6 +113,7 @@ INVERSES: dict[str, Inverse] = {
     "copy": lambda t, cfg, i, n: [t],
     "fuse": _split_equal,
     "qkv": _split_qkv,
+    "gemma_norm": lambda t, cfg, i, n: [t + 1.0],
 }
 
 
@@ -214,6 +221,38 @@ LLAMA_GGUF = Family(
             "fuse",
         ),
         Rule("layers.{i}.mlp.down.weight", ("blk.{i}.ffn_down.weight",)),
+    ),
+)
+
+# Gemma 3 from llama.cpp: Q and K rows are not permuted (no RoPE re-layout for Gemma), norms
+# are stored as 1 + w. attn_norm / post_attention_norm / ffn_norm / post_ffw_norm are HF's
+# input / post_attention / pre_feedforward / post_feedforward layernorms.
+GEMMA3_GGUF = Family(
+    name="gemma3 (GGUF)",
+    rules=(
+        Rule("embed.weight", ("token_embd.weight",)),
+        Rule("norm.weight", ("output_norm.weight",), "gemma_norm"),
+        Rule("lm_head.weight", ("output.weight",), when="!tie_embeddings"),
+    ),
+    layer_rules=(
+        Rule("layers.{i}.attn_norm.weight", ("blk.{i}.attn_norm.weight",), "gemma_norm"),
+        *_qkv_rules("blk.{i}", ("attn_q", "attn_k", "attn_v"), "qkv", "qkv_bias"),
+        Rule("layers.{i}.attn.q_norm.weight", ("blk.{i}.attn_q_norm.weight",), "gemma_norm"),
+        Rule("layers.{i}.attn.k_norm.weight", ("blk.{i}.attn_k_norm.weight",), "gemma_norm"),
+        *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias"),
+        Rule(
+            "layers.{i}.post_attn_norm.weight",
+            ("blk.{i}.post_attention_norm.weight",),
+            "gemma_norm",
+        ),
+        Rule("layers.{i}.mlp_norm.weight", ("blk.{i}.ffn_norm.weight",), "gemma_norm"),
+        Rule(
+            "layers.{i}.mlp.gate_up.weight",
+            ("blk.{i}.ffn_gate.weight", "blk.{i}.ffn_up.weight"),
+            "fuse",
+        ),
+        Rule("layers.{i}.mlp.down.weight", ("blk.{i}.ffn_down.weight",)),
+        Rule("layers.{i}.post_mlp_norm.weight", ("blk.{i}.post_ffw_norm.weight",), "gemma_norm"),
     ),
 )
 

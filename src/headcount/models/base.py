@@ -53,7 +53,8 @@ class TextModel(nn.Module):
         return int(self.config.max_len)
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> ModelCache:
-        """Empty per-layer KV caches ``(B, G_l, max_len, D)`` (default: the whole context).
+        """Empty per-layer KV caches ``(B, G_l, max_len, D)`` (default: the whole context);
+        a sliding-window layer's holds ``min(window, max_len)`` positions.
 
         `Decoder.forward` appends to them; an `Encoder` attends bidirectionally and never uses a
         cache, but its caches still size the KV memory its layers would need.
@@ -71,6 +72,7 @@ class TextModel(nn.Module):
             max_len,
             dtype=w.dtype,
             device=w.device,
+            windows=tuple(getattr(a, "window", None) for a in self.attention_layers()),
         )
 
     def save(self, path: str | Path, *, force: bool = False) -> Path:

@@ -1,4 +1,5 @@
-"""The KV caches of a whole model: one `KVCache` per layer, sized by that layer's KV heads."""
+"""The KV caches of a whole model: one `KVCache` per layer, sized by that layer's KV heads
+(a sliding-window layer's is a ring of its window)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,16 @@ class ModelCache:
         max_len: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        windows: tuple[int | None, ...] | None = None,
     ) -> ModelCache:
+        """One cache per layer; ``windows[l]`` makes layer l's a ring of that many positions."""
+        windows = windows or (None,) * len(n_kv_heads)
+        if len(windows) != len(n_kv_heads):
+            raise ShapeError(f"{len(windows)} windows for {len(n_kv_heads)} layers")
         return cls(
             [
-                KVCache(batch_size, max_len, g, head_dim, dtype=dtype, device=device)
-                for g in n_kv_heads
+                KVCache(batch_size, max_len, g, head_dim, dtype=dtype, device=device, window=w)
+                for g, w in zip(n_kv_heads, windows, strict=True)
             ]
         )
 

@@ -104,6 +104,10 @@ class Decoder(TextModel):
             else nn.Linear(C, config.vocab_size, bias=False, device=device)
         )
 
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """``(B, T) -> (B, T, C)``: the input embeddings."""
+        return self.embed(input_ids)
+
     @property
     def output_weight(self) -> Tensor:
         """``(V, C)``: the embedding matrix when tied, else ``lm_head.weight``."""
@@ -136,7 +140,7 @@ class Decoder(TextModel):
             attention_mask = attention_mask.bool()
             if positions is None:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)[:, past:]  # (B, T)
-        x = self.embed(input_ids)  # (B, T, C)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
         attentions: list[Tensor] = []
         for i, layer in enumerate(self.layers):
             x, w = layer(

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 from headcount.errors import ConfigError, ShapeError
 from headcount.models import kernels
 from headcount.models.cache import ModelCache
-from headcount.models.decoder import Decoder
+from headcount.models.decoder import Decoder, DecoderLayer
 from headcount.models.generation import sample_next
 from headcount.models.quant import Int8Weight
 from headcount.nn import Attention
@@ -58,7 +58,12 @@ def fast_path_issue(model: Decoder) -> str | None:
     """Why `FastDecode` cannot run ``model`` (None when it can)."""
     if not isinstance(model, Decoder):
         return f"the fast decode path runs a Decoder, got {type(model).__name__}"
+    for i, layer in enumerate(model.layers):
+        if type(layer) is not DecoderLayer:
+            return f"layer {i} is a {type(layer).__name__}; the fast path runs Llama layers only"
     for i, attn in enumerate(model.attention_layers()):
+        if attn.window is not None:
+            return f"layer {i} has a sliding window"
         if attn.weights_hook is not None:
             return f"layer {i} has a weights_hook (the fast path computes no weights)"
         if attn.backend == "eager":

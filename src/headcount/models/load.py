@@ -12,6 +12,7 @@ from headcount.loaders import Checkpoint, DecoderConfig, EncoderConfig, read_che
 from headcount.models.base import TextModel
 from headcount.models.decoder import Decoder
 from headcount.models.encoder import Encoder
+from headcount.models.gemma3 import Gemma3Decoder
 
 
 def build(
@@ -19,6 +20,8 @@ def build(
 ) -> Decoder | Encoder:
     """An untrained model of ``config`` (random weights; ``device="meta"`` allocates nothing)."""
     if isinstance(config, DecoderConfig):
+        if config.architecture == "gemma3":
+            return Gemma3Decoder(config, device=device)
         return Decoder(config, device=device)
     if isinstance(config, EncoderConfig):
         return Encoder(config, device=device)

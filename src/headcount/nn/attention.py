@@ -60,7 +60,8 @@ class Attention(nn.Module):
     ``weights_hook`` (called with the weights ``(B, H, T, S)`` on every forward, for analysis),
     ``window`` (sliding-window attention: the query at position p sees keys p-W+1 .. p only, as in
     Mistral and Gemma's local layers; None attends to every key). A `KVCache` built with the same
-    ``window`` holds only the last W positions.
+    ``window`` holds only the last W positions. ``q_norm`` / ``k_norm``: modules applied to each
+    query / key head ``(..., D)`` before RoPE (Gemma 3's per-head RMSNorm).
     """
 
     head_gate: Tensor | None
@@ -79,6 +80,8 @@ class Attention(nn.Module):
         o_bias: bool | None = None,
         group_sizes: Sequence[int] | None = None,
         window: int | None = None,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -114,6 +117,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(d_model, (H + 2 * G) * D, bias=bias, **kw)
         self.o_proj = nn.Linear(H * D, d_model, bias=bias if o_bias is None else o_bias, **kw)
         self.rope = rope
+        self.q_norm, self.k_norm = q_norm, k_norm
         self.register_buffer("head_gate", None, persistent=False)
         self.weights_hook: WeightsHook | None = None
         self.backend: Backend = "auto"
@@ -234,6 +238,10 @@ class Attention(nn.Module):
         if self.window is not None and context is not None:
             raise ConfigError("a sliding window applies to self-attention, not to a context")
         q, k, v = self._project(x, context, cache)  # (B, H, T, D), (B, G, S_new, D) x2
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         past = cache.length if cache is not None else 0
         if self.rope is not None and context is None:
             if positions is None:
