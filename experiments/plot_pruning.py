@@ -84,8 +84,11 @@ def plot(path: Path) -> Path:
     ax.set_xlabel("KV-cache KiB per token (fp16)" if by_group else "% of query heads removed")
     if by_group:
         ax.invert_xaxis()
-    ax.set_ylabel(meta["metric"])
-    ax.set_title(f"{meta['model']}: pruning {meta['unit']}s; scored on {meta['score']}", fontsize=9)
+    ax.set_ylabel(meta["metric"].split(",")[0])
+    ax.set_title(
+        f"{meta['model']}: pruning {meta['unit']}s; scored on {meta['score']}; {meta['metric'].split(', ', 1)[-1]}",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
