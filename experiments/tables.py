@@ -11,13 +11,19 @@ import sys
 from pathlib import Path
 
 
+SMALL = [True]  # cosine-like metrics (<= 1) get 4 decimals, perplexities 1
+
+
 def fmt(v: float) -> str:
-    return f"{v:.4f}" if v < 2 else (f"{v:.1f}" if v < 1000 else f"{v:,.0f}")
+    if SMALL[0]:
+        return f"{v:.4f}"
+    return f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
 
 
 def table(path: Path) -> str:
     d = json.loads(path.read_text())
     meta = d["meta"]
+    SMALL[0] = d["full"] <= 1.0
     pts: dict[str, dict[float, dict]] = {}
     for k, v in d.items():
         if "@" in k and "recover" not in k:
