@@ -314,7 +314,7 @@ def test_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     for force in (False, True):
-        with pytest.raises(OutputError, match="not empty and holds no saved headcount model"):
+        with pytest.raises(OutputError, match="not empty and holds no headcount saved model"):
             model.save(tmp_path / "mine", force=force)
     assert digest(tmp_path / "mine") == {"notes.txt": hashlib.sha256(b"keep me").hexdigest()}
     (tmp_path / "file").write_text("x")
@@ -384,6 +384,18 @@ def test_interrupted_write_leaves_nothing(
         model.save(tmp_path / "m", force=True)
     assert sorted(os.listdir(tmp_path)) == (["m"] if existing else [])
     assert ({"m": digest(tmp_path / "m")} if existing else {}) == before
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        out = hf_decoder(tmp_path / "hf").save(tmp_path / "new" / "m")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert "model.safetensors" in modes and "tokenizer.json" in modes
+    assert modes == dict.fromkeys(modes, 0o644)  # not mkstemp's 0600
+    assert out.stat().st_mode & 0o777 == out.parent.stat().st_mode & 0o777 == 0o755
 
 
 # ------------------------------------------------------------------------- strict reading

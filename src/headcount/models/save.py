@@ -10,17 +10,15 @@ The folder holds:
 - ``config.json`` (``LlamaConfig``, ``Qwen2Config`` or ``BertConfig``) only when transformers can
   describe the model: every layer with the same heads and evenly sized KV groups.
 
-The folder is written into a temporary sibling and renamed into place, so a failure leaves nothing
-half-written. Legend: L layers, H query heads, G KV heads, D head dim, C model dim.
+The folder is written into a temporary sibling and renamed into place (`headcount.outputs`), so a
+failure leaves nothing half-written; its files get the usual permissions (0644 under umask 022).
+Legend: L layers, H query heads, G KV heads, D head dim, C model dim.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from headcount.loaders.saved import (
 from headcount.loaders.tokenizer import Tokenizer
 from headcount.models.base import TextModel
 from headcount.models.quant import Int8Linear, Int8Weight
+from headcount.outputs import check_apart, prepare_target, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +54,23 @@ def save(model: TextModel, path: str | Path, *, force: bool = False) -> Path:
     replaced only once the new folder is complete.
     """
     target = Path(path).expanduser().absolute()
-    _check_source(model, target)
-    _check_target(target, force)
+    for source in model_sources(model):
+        check_apart(target, source)
+    prepare_target(target, marker=META, what="saved model", force=force)
     files = _files(model)  # every tensor and document, before anything is written
-    tmp = _make_temp(target)
-    try:
-        for name, text in files.documents.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if files.tokenizer is not None:
-            files.tokenizer.save(str(tmp / TOKENIZER))
-        write_tensors(files.tensors, tmp / WEIGHTS)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        _swap_into_place(tmp, target)
-    except OSError as exc:  # a full disk, a permission changed under us
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+    return write_atomically(target, files.write)
+
+
+def write_contents(model: TextModel, folder: Path) -> None:
+    """The files of a save, into the existing empty ``folder``: no checks, not atomic. For
+    callers that add files before moving the folder into place (`outputs.write_atomically`)."""
+    _files(model).write(folder)
+
+
+def model_sources(model: TextModel) -> list[str]:
+    """The checkpoint and tokenizer paths ``model`` came from, which a save never touches."""
+    sources = {model.source, model.tokenizer.source if model.has_tokenizer else ""}
+    return sorted(s for s in sources if s)
 
 
 def write_tensors(tensors: dict[str, Tensor], path: Path) -> None:
@@ -91,6 +88,13 @@ class _Files:
         self.tensors = tensors  # checkpoint name -> CPU tensor owning its storage
         self.documents = documents  # file name -> JSON text
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer to save as tokenizer.json, or None
+
+    def write(self, folder: Path) -> None:
+        for name, text in self.documents.items():
+            (folder / name).write_text(text, encoding="utf-8")
+        if self.tokenizer is not None:
+            self.tokenizer.save(str(folder / TOKENIZER))
+        write_tensors(self.tensors, folder / WEIGHTS)
 
 
 def _files(model: TextModel) -> _Files:
@@ -258,70 +262,3 @@ def hf_config(
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "pad_token_id": pad,
     }
-
-
-# ------------------------------------------------------------------------------- target
-def _check_source(model: TextModel, target: Path) -> None:
-    """Never write over, into or around the checkpoint the model came from."""
-    sources = {model.source}
-    if model.has_tokenizer:
-        sources.add(model.tokenizer.source)
-    resolved = target.resolve()
-    for source in sorted(s for s in sources if s):
-        src = Path(source).expanduser().resolve()
-        where = (
-            "is"
-            if resolved == src
-            else "lies inside"
-            if src in resolved.parents
-            else "contains"
-            if resolved in src.parents
-            else None
-        )
-        if where is not None:
-            raise OutputError(
-                f"{target} {where} the model's source {src}; the source is never modified, "
-                "save somewhere else"
-            )
-
-
-def _check_target(target: Path, force: bool) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise OutputError(f"{target} exists and is not a folder")
-    if not any(target.iterdir()):
-        return
-    if not (target / META).is_file():
-        raise OutputError(
-            f"{target} is not empty and holds no saved headcount model; choose another folder"
-        )
-    if not force:
-        raise OutputError(f"{target} already holds a saved model; pass force=True to replace it")
-
-
-def _make_temp(target: Path) -> Path:
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write into {parent}: {exc.strerror or exc}") from exc
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an earlier folder there is removed only after that worked."""
-    if target.exists() and any(target.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.rename(target, old / target.name)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            os.rename(old / target.name, target)
-            old.rmdir()
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if target.exists():
-            target.rmdir()
-        os.rename(tmp, target)
