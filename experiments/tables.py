@@ -10,7 +10,6 @@ import statistics
 import sys
 from pathlib import Path
 
-
 SMALL = [True]  # cosine-like metrics (<= 1) get 4 decimals, perplexities 1
 
 
