@@ -228,6 +228,9 @@ def remove_heads(model: Decoder | Encoder, keep: KeepMask) -> Decoder | Encoder:
                 f"removing these heads leaves KV groups of different sizes {sizes}, which an "
                 "encoder config cannot describe; remove whole groups (unit='group') instead"
             )
-        new.config = dataclasses.replace(cfg, n_heads=tuple(heads), n_kv_heads=tuple(kv))
+        changes: dict[str, object] = {"n_heads": tuple(heads)}
+        if any(f.name == "n_kv_heads" for f in dataclasses.fields(cfg)):  # GQA encoders
+            changes["n_kv_heads"] = tuple(kv)
+        new.config = dataclasses.replace(cfg, **changes)
     new.source = ""  # a new model: saving it never counts as overwriting the original
     return new
