@@ -1,5 +1,6 @@
 """headcount: multi-head attention and its heads."""
 
+from headcount.convert import convert, uptrain
 from headcount.errors import (
     CacheOverflowError,
     CheckpointError,
@@ -34,9 +35,11 @@ __all__ = [
     "ShapeError",
     "__version__",
     "attention_params",
+    "convert",
     "corpus",
     "kv_cache_bytes",
     "load",
     "mla_cache_bytes",
     "perplexity",
+    "uptrain",
 ]

@@ -189,7 +189,11 @@ class DecoderConfig(_ConfigBase):
 
 @dataclass(frozen=True)
 class EncoderConfig(_ConfigBase):
-    """A BERT-family encoder: post-LayerNorm, GELU MLP, learned absolute positions, token types."""
+    """A BERT-family encoder: post-LayerNorm, GELU MLP, learned absolute positions, token types.
+
+    ``n_kv_heads``: KV heads per layer; None (BERT as published) means as many as query heads.
+    Converted encoders (`headcount.convert`) share KV heads between contiguous query heads.
+    """
 
     kind: ClassVar[str] = "encoder"
     vocab_size: int
@@ -204,6 +208,7 @@ class EncoderConfig(_ConfigBase):
     activation: str = "gelu"
     pad_token_id: int = 0
     architecture: str = "bert"
+    n_kv_heads: tuple[int, ...] | int | None = None
 
     ACTIVATIONS: ClassVar[tuple[str, ...]] = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
@@ -218,16 +223,17 @@ class EncoderConfig(_ConfigBase):
             "type_vocab_size",
         ):
             _positive(name, getattr(self, name))
-        _per_layer(self, "n_heads")
+        heads = _per_layer(self, "n_heads")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", heads)
+        kv = _per_layer(self, "n_kv_heads")
+        for i, (h, g) in enumerate(zip(heads, kv, strict=True)):
+            if h % g:
+                raise ConfigError(f"layer {i}: n_heads={h} is not a multiple of n_kv_heads={g}")
         if self.activation not in self.ACTIVATIONS:
             raise ConfigError(f"activation {self.activation!r} is not one of {self.ACTIVATIONS}")
         if not self.norm_eps > 0:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
-
-    @property
-    def n_kv_heads(self) -> tuple[int, ...]:
-        """BERT is multi-head attention: as many KV heads as query heads in every layer."""
-        return self.n_heads  # type: ignore[return-value]
 
 
 ModelConfig = DecoderConfig | EncoderConfig

@@ -69,7 +69,14 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: EncoderConfig, i: int, device: Any = None) -> None:
         super().__init__()
         C = cfg.d_model
-        self.attn = Attention(C, cfg.n_heads[i], head_dim=cfg.head_dim, bias=True, device=device)  # type: ignore[index]
+        self.attn = Attention(
+            C,
+            cfg.n_heads[i],  # type: ignore[index]
+            cfg.n_kv_heads[i],  # type: ignore[index]
+            head_dim=cfg.head_dim,
+            bias=True,
+            device=device,
+        )
         self.attn_norm = nn.LayerNorm(C, eps=cfg.norm_eps, device=device)
         self.mlp = EncoderMLP(cfg, device)
         self.mlp_norm = nn.LayerNorm(C, eps=cfg.norm_eps, device=device)

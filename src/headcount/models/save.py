@@ -225,8 +225,8 @@ def hf_config(
         "dtype": dtype,
     }
     if isinstance(cfg, EncoderConfig):
-        if cfg.head_dim * H != cfg.d_model:
-            return None  # BertConfig has no head_dim
+        if cfg.head_dim * H != cfg.d_model or G != H:
+            return None  # BertConfig has no head_dim and no KV heads
         return {
             "architectures": ["BertModel"],
             "model_type": "bert",

@@ -1,0 +1,190 @@
+"""Uptraining on tiny seeded models: the loss falls, an interrupted run resumes from its last
+checkpoint to the same weights as an uninterrupted one, checkpoints are never half-written, and
+bad input is refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import headcount.prune.training as training
+from headcount.convert import convert, uptrain
+from headcount.errors import CheckpointError, ConfigError
+from headcount.prune import Contrastive, LanguageModeling
+from headcount.prune.objectives import Batch
+from headcount.prune.training import distill_loss
+from tests.prune.conftest import tiny_decoder, tiny_encoder
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 40, (384,), generator=g)
+
+
+def _student_teacher():
+    teacher = tiny_decoder()
+    return convert(teacher, 1, "mean"), teacher
+
+
+def _run(ids, tmp: Path | None = None, **kw):
+    student, teacher = _student_teacher()
+    args = dict(teacher=teacher, tokens=12 * 32, lr=3e-3, warmup=2, batch_size=2, window=16)
+    args.update(kw)
+    res = uptrain(student, ids, checkpoint_dir=tmp, **args)  # type: ignore[arg-type]
+    return student, res
+
+
+def test_distillation_and_cross_entropy_lower_the_loss(ids) -> None:
+    student, teacher = _student_teacher()
+    obj = LanguageModeling(ids, window=16, batch_size=4)
+    batch = Batch(ids[:64].view(4, 16))
+    with torch.no_grad():
+        kl0 = float(distill_loss(student, teacher, batch))
+        ce0 = float(obj.loss(student, batch))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen: list[tuple[int, float, int, float]] = []
+    res = uptrain(
+        student,
+        ids,
+        teacher=teacher,
+        tokens=20 * 64,
+        lr=3e-3,
+        warmup=2,
+        window=16,
+        progress=lambda *a: seen.append(a),
+    )
+    with torch.no_grad():
+        kl1 = float(distill_loss(student, teacher, batch))
+    assert kl1 < 0.5 * kl0
+    assert res.steps == 20 and res.tokens == 20 * 64 and res.stopped_by == "tokens"
+    assert len(res.losses) == 20 and res.tokens_seen == [64 * (i + 1) for i in range(20)]
+    assert [s[0] for s in seen] == list(range(1, 21)) and seen[-1][2] == 20 * 64
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert not student.training and all(p.requires_grad for p in student.parameters())
+    # cross-entropy on the text alone, attention weights only, with gradient accumulation
+    frozen = {k: v.clone() for k, v in student.state_dict().items() if ".attn." not in k}
+    res = uptrain(
+        student,
+        ids,
+        tokens=8 * 64,
+        lr=3e-3,
+        warmup=1,
+        window=16,
+        batch_size=2,
+        grad_accum=2,
+        params="attention",
+    )
+    with torch.no_grad():
+        assert float(obj.loss(student, batch)) < ce0
+    assert res.steps == 8 and res.tokens == 8 * 2 * 2 * 16
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in frozen.items())
+
+
+def test_encoder_uptrains_toward_its_teacher() -> None:
+    teacher = tiny_encoder()
+    student = convert(teacher, 1, "mean")
+    g = torch.Generator().manual_seed(2)
+    batches = [
+        Batch(torch.randint(0, 40, (8, 12), generator=g), torch.ones(8, 12, dtype=torch.bool), 4)
+        for _ in range(4)
+    ]
+    obj = Contrastive.from_batches(batches)
+    with torch.no_grad():
+        d0 = float(distill_loss(student, teacher, batches[0]))
+    res = uptrain(student, obj, teacher=teacher, tokens=30 * 96, lr=3e-3, warmup=2)
+    with torch.no_grad():
+        assert float(distill_loss(student, teacher, batches[0])) < 0.5 * d0
+    assert res.steps == 30
+    uptrain(student, obj, teacher=teacher, loss="kl+ce", tokens=96, lr=1e-3)
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after(k: int):
+    def progress(step: int, loss: float, tokens: int, elapsed: float) -> None:
+        if step == k:
+            raise Stop
+
+    return progress
+
+
+@pytest.mark.parametrize("interrupt", [Stop, KeyboardInterrupt])
+def test_an_interrupted_run_resumes_to_the_same_weights(ids, tmp_path: Path, interrupt) -> None:
+    full, res_full = _run(ids, tmp_path / "a", checkpoint_every=4, loss="kl+ce")
+    assert res_full.steps == 12 and (tmp_path / "a" / "uptrain.pt").exists()
+
+    def stop(step: int, loss: float, tokens: int, elapsed: float) -> None:
+        if step == 7:
+            raise interrupt
+
+    with pytest.raises(interrupt):
+        _run(ids, tmp_path / "b", checkpoint_every=4, loss="kl+ce", progress=stop)
+    ck = torch.load(tmp_path / "b" / "uptrain.pt", weights_only=True)
+    assert ck["step"] == 4  # the last checkpoint before the interruption
+    rng = torch.get_rng_state()
+    resumed, res = _run(ids, tmp_path / "b", checkpoint_every=4, loss="kl+ce", resume=True)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's global RNG is left alone
+    assert res.resumed_from == 4 and res.steps == 12 and res.tokens == res_full.tokens
+    assert res.losses == res_full.losses and res.tokens_seen == res_full.tokens_seen
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    assert sorted(os.listdir(tmp_path / "b")) == ["uptrain.pt"]  # no temporary files left
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint(ids, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(Stop):
+        _run(ids, tmp_path, checkpoint_every=2, progress=_stop_after(3))
+    path = tmp_path / "uptrain.pt"
+    good = path.read_bytes()
+    real_save = torch.save
+
+    def broken(obj, f, *a, **kw):  # writes half a checkpoint, then the disk "fails"
+        real_save({"partial": torch.zeros(1000)}, f)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(training.torch, "save", broken)
+    with pytest.raises(OSError, match="No space"):
+        _run(ids, tmp_path, checkpoint_every=2, resume=True)
+    assert path.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["uptrain.pt"]
+    monkeypatch.setattr(training.torch, "save", real_save)
+    _, res = _run(ids, tmp_path, checkpoint_every=2, resume=True)  # still resumes from step 2
+    assert res.resumed_from == 2 and res.steps == 12
+
+
+def test_bad_input(ids, tmp_path: Path) -> None:
+    student, teacher = _student_teacher()
+    for kw, message in [
+        ({}, "give a training budget"),
+        ({"tokens": 0}, "tokens must be a positive integer, got 0"),
+        ({"tokens": -5}, "tokens must be a positive integer"),
+        ({"minutes": 0}, "minutes must be > 0"),
+        ({"minutes": -1.0}, "minutes must be > 0"),
+        ({"tokens": 64, "loss": "mse"}, "loss must be one of kl, ce, kl\\+ce"),
+        ({"tokens": 64, "params": "mlp"}, "params must be"),
+        ({"tokens": 64, "grad_accum": 0}, "grad_accum must be a positive integer"),
+        ({"tokens": 64, "lr": 0.0}, "lr must be > 0"),
+        ({"tokens": 64, "resume": True}, "needs the checkpoint_dir"),
+        ({"tokens": 64, "batch_size": 0}, "batch_size must be a positive integer"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            uptrain(student, ids, teacher=teacher, window=16, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="teacher="):
+        uptrain(student, ids, loss="kl", tokens=64, window=16)
+    with pytest.raises(ConfigError, match="differ"):
+        uptrain(student, ids, teacher=tiny_encoder(), tokens=64, window=16)
+    with pytest.raises(ConfigError, match="objective batches itself"):
+        uptrain(student, LanguageModeling(ids), tokens=64, batch_size=2)
+    _run(ids, tmp_path, tokens=64)
+    with pytest.raises(ConfigError, match="holds the checkpoint of an earlier run"):
+        _run(ids, tmp_path, tokens=64)
+    with pytest.raises(CheckpointError, match=r"different run \(lr: 0.003 then, 0.001 now"):
+        _run(ids, tmp_path, tokens=64, lr=1e-3, resume=True)
+    (tmp_path / "uptrain.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        _run(ids, tmp_path, tokens=64, resume=True)
