@@ -111,16 +111,22 @@ def test_ctrl_c_between_the_renames_keeps_the_earlier_folder(
 def test_a_signal_during_the_swap_waits_until_it_is_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = outputs.write_atomically(tmp_path / "out", fill_with("old"))
-    rename = os.rename
+    # Python's own Ctrl-C handler, also where the runner started with SIGINT ignored (a
+    # background job of a non-interactive shell): the deferred signal must reach it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        target = outputs.write_atomically(tmp_path / "out", fill_with("old"))
+        rename = os.rename
 
-    def signalled(src: Path, dst: Path) -> None:
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the old folder moves aside
-        rename(src, dst)
+        def signalled(src: Path, dst: Path) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the old folder moves aside
+            rename(src, dst)
 
-    monkeypatch.setattr(outputs.os, "rename", signalled)
-    with pytest.raises(KeyboardInterrupt):
-        outputs.write_atomically(target, fill_with("new"))
-    assert (target / "data.txt").read_text() == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        monkeypatch.setattr(outputs.os, "rename", signalled)
+        with pytest.raises(KeyboardInterrupt):
+            outputs.write_atomically(target, fill_with("new"))
+        assert (target / "data.txt").read_text() == "new"
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
