@@ -12,8 +12,8 @@ query rows, ``(B, G, R*T, D)`` against ``(B, G, S, D)``, or SDPA's ``enable_gqa`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,34 @@ def _padded_fold(
     return y.view(B, G * Rm, T, D).index_select(1, slots)  # (B, H, T, D)
 
 
+def _per_run(
+    kernel: Callable[..., Any],
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    runs: Sequence[GroupRun],
+    is_causal: bool,
+    scale: float,
+    dropout_p: float,
+) -> list[Any]:
+    """``kernel`` on each run of equal-sized groups: query heads ``h0 : h0 + n*R`` against KV
+    heads ``g0 : g0 + n`` (views), with the mask's matching heads."""
+    H = q.shape[1]
+    return [
+        kernel(
+            q[:, r.h0 : r.h0 + r.n * r.R],  # (B, n*R, T, D)
+            k[:, r.g0 : r.g0 + r.n],  # (B, n, S, D): a view
+            v[:, r.g0 : r.g0 + r.n],
+            _head_slice(mask, H, r.h0, r.h0 + r.n * r.R),
+            is_causal=is_causal,
+            scale=scale,
+            dropout_p=dropout_p,
+        )
+        for r in runs
+    ]
+
+
 def sdpa_attention(
     q: Tensor,
     k: Tensor,
@@ -142,21 +170,8 @@ def sdpa_attention(
         Rm = max(group_sizes)
         if not is_causal and Rm * T <= FOLD_MAX_ROWS and (mask is None or _head_dim(mask) == 1):
             return _padded_fold(q, k, v, mask, group_sizes, scale, dropout_p)
-        return torch.cat(
-            [
-                sdpa_attention(
-                    q[:, r.h0 : r.h0 + r.n * r.R],  # (B, n*R, T, D)
-                    k[:, r.g0 : r.g0 + r.n],  # (B, n, S, D): a view
-                    v[:, r.g0 : r.g0 + r.n],
-                    _head_slice(mask, H, r.h0, r.h0 + r.n * r.R),
-                    is_causal=is_causal,
-                    scale=scale,
-                    dropout_p=dropout_p,
-                )
-                for r in runs
-            ],
-            dim=1,
-        )  # (B, H, T, D)
+        parts = _per_run(sdpa_attention, q, k, v, mask, runs, is_causal, scale, dropout_p)
+        return torch.cat(parts, dim=1)  # (B, H, T, D)
     if G == H:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
@@ -199,18 +214,7 @@ def eager_attention(
     G, S = k.shape[1], k.shape[2]
     runs = _runs_or_none(group_sizes, H, G)
     if runs is not None:
-        parts = [
-            eager_attention(
-                q[:, r.h0 : r.h0 + r.n * r.R],  # (B, n*R, T, D)
-                k[:, r.g0 : r.g0 + r.n],  # (B, n, S, D): a view
-                v[:, r.g0 : r.g0 + r.n],
-                _head_slice(mask, H, r.h0, r.h0 + r.n * r.R),
-                is_causal=is_causal,
-                scale=scale,
-                dropout_p=dropout_p,
-            )
-            for r in runs
-        ]
+        parts = _per_run(eager_attention, q, k, v, mask, runs, is_causal, scale, dropout_p)
         y = torch.cat([p[0] for p in parts], dim=1)  # (B, H, T, D)
         return y, torch.cat([p[1] for p in parts], dim=1)  # (B, H, T, S)
     R = H // G
