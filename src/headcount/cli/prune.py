@@ -100,6 +100,8 @@ def check_args(args: argparse.Namespace) -> None:
     from headcount.cli.main import UsageError
     from headcount.prune import METHODS
 
+    if not 0.0 <= args.fraction < 1.0:  # the same words as check_fraction, before the load
+        raise UsageError(f"fraction must be in [0, 1), got {args.fraction!r}")
     if args.by not in METHODS:
         raise UsageError(f"unknown --by {args.by!r}; choose from {', '.join(METHODS)}")
     if args.unit not in UNITS:
