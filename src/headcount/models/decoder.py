@@ -40,6 +40,10 @@ class SwiGLU(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    attn_norm: nn.Module  # Llama: RMSNorm; Gemma 3 (a subclass): (1 + w) RMSNorm, GeGLU MLP
+    mlp_norm: nn.Module
+    mlp: nn.Module
+
     def __init__(self, cfg: DecoderConfig, i: int, rope: RoPE, device: Any = None) -> None:
         super().__init__()
         C = cfg.d_model
@@ -57,6 +61,9 @@ class DecoderLayer(nn.Module):
         )
         self.mlp_norm = nn.RMSNorm(C, eps=cfg.norm_eps, device=device)
         self.mlp = SwiGLU(C, cfg.d_ff, device=device)
+        # Llama has no norms after the blocks; Gemma's layer sets real ones and reuses `forward`
+        self.post_attn_norm: nn.Module = nn.Identity()
+        self.post_mlp_norm: nn.Module = nn.Identity()
 
     def forward(
         self,
@@ -77,8 +84,8 @@ class DecoderLayer(nn.Module):
         weights = None
         if return_weights:
             out, weights = out
-        x = x + out
-        return x + self.mlp(self.mlp_norm(x)), weights
+        x = x + self.post_attn_norm(out)
+        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x))), weights
 
 
 class Decoder(TextModel):

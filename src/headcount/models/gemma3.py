@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from headcount.errors import ConfigError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
-from headcount.models.decoder import Decoder
+from headcount.models.decoder import Decoder, DecoderLayer
 from headcount.nn import Attention, RoPE
 
 
@@ -62,11 +62,11 @@ class GeGLU(nn.Module):
         return self.down(F.gelu(gate, approximate="tanh") * up)
 
 
-class Gemma3Layer(nn.Module):
+class Gemma3Layer(DecoderLayer):
     """``x + post_attn_norm(attn(attn_norm(x)))``, then ``x + post_mlp_norm(mlp(mlp_norm(x)))``."""
 
     def __init__(self, cfg: DecoderConfig, i: int, rope: RoPE, device: Any = None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)  # its own modules; `forward` is DecoderLayer's
         C, D, eps = cfg.d_model, cfg.head_dim, cfg.norm_eps
         scalar = cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else D
         self.attn_norm = GemmaRMSNorm(C, eps, device)
@@ -89,28 +89,6 @@ class Gemma3Layer(nn.Module):
         self.mlp_norm = GemmaRMSNorm(C, eps, device)
         self.mlp = GeGLU(C, cfg.d_ff, device)
         self.post_mlp_norm = GemmaRMSNorm(C, eps, device)
-
-    def forward(
-        self,
-        x: Tensor,
-        attention_mask: Tensor | None,
-        cache: Any,
-        positions: Tensor | None,
-        return_weights: bool,
-    ) -> tuple[Tensor, Tensor | None]:
-        out = self.attn(
-            self.attn_norm(x),
-            causal=True,
-            attention_mask=attention_mask,
-            cache=cache,
-            positions=positions,
-            return_weights=return_weights,
-        )
-        weights = None
-        if return_weights:
-            out, weights = out
-        x = x + self.post_attn_norm(out)
-        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x))), weights
 
 
 class Gemma3Decoder(Decoder):
