@@ -47,6 +47,8 @@ def test_config_is_gemma3_270m(gemma3: headcount.Decoder) -> None:
     assert layers[0].rope is not None and layers[0].rope.base == 1e4
     assert layers[5].rope is not None and layers[5].rope.base == 1e6
     assert layers[0].scale == 256**-0.5
+    assert gemma3.has_tokenizer and gemma3.tokenizer.vocab_size == 262144
+    assert gemma3.tokenizer.chat is not None and gemma3.tokenizer.chat.name == "gemma"
 
 
 def test_q4_k_and_q6_k_dequantisation_on_real_tensors(gemma3: headcount.Decoder) -> None:

@@ -1,9 +1,21 @@
 """Tokenizers built with the `tokenizers` library: from GGUF metadata or a ``tokenizer.json``.
 
-The GGUF tokenizer matches llama.cpp, not transformers' GGUF conversion: the ``smollm``
-pre-tokenizer first isolates every digit (regex ``\\p{N}``), then applies the GPT-2 byte-level
-split, then BPE with the file's merges. transformers' conversion skips the digit split and so
-disagrees with llama.cpp on text with numbers.
+GGUF ``tokenizer.ggml.model`` picks the builder (`GGUF_TOKENIZERS`):
+
+* ``gpt2``, byte-level BPE, matches llama.cpp, not transformers' GGUF conversion: the ``smollm``
+  pre-tokenizer first isolates every digit (regex ``\\p{N}``), then applies the GPT-2 byte-level
+  split, then BPE with the file's merges. transformers' conversion skips the digit split and so
+  disagrees with llama.cpp on text with numbers.
+* ``llama``, SentencePiece-style BPE (Gemma): spaces become ``▁``, no pre-tokenizer split, byte
+  fallback to ``<0xNN>`` tokens. Without merges in the file they are recovered from the
+  vocabulary, best first in file order (for Gemma 3 that is also the order of its scores on every
+  normal token); Gemma's tokens of 2-31 spaces, which the file spells with spaces, are respelled
+  with ``▁`` so that runs of spaces merge first. This is transformers' GGUF conversion, and the
+  tests check the ids against it.
+
+Control tokens (``<bos>``, ``<start_of_turn>``) are special; GGUF user-defined tokens are matched
+whole in the text (Gemma's ``\\n\\n``, tabs, HTML tags) but are not special, so decoding with
+``skip_special_tokens`` keeps them.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from headcount.errors import CheckpointError
+from headcount.loaders.chat import FAMILY_TEMPLATES, ChatFormat, chat_format
 
 # llama.cpp's pre-tokenizer regexes per GGUF ``tokenizer.ggml.pre`` (llama-vocab.cpp); each runs
 # in order, splitting every piece further. The last one is GPT-2's byte-level split.
@@ -24,8 +37,6 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "gpt-2": (GPT2_SPLIT,),
     "default": (GPT2_SPLIT,),
 }
-# GGUF token types (gguf.TokenType): 3 = control, 4 = user defined; both are matched whole.
-_SPECIAL_TYPES = (3, 4)
 
 
 class Tokenizer:
@@ -83,66 +94,117 @@ class Tokenizer:
         found = self.backend.token_to_id(token)
         return None if found is None else int(found)
 
+    @property
+    def chat(self) -> ChatFormat | None:
+        """The chat format of ``chat_template`` (None: no template, or one headcount does not
+        know)."""
+        return chat_format(self.chat_template)
+
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """Render ChatML (``<|im_start|>role\\ncontent<|im_end|>\\n``), as SmolLM2's template does,
-        with its default system message when the first message is not a system one."""
-        if self.chat_template is None or "<|im_start|>" not in self.chat_template:
-            raise CheckpointError(f"{self.source}: this tokenizer has no ChatML chat template")
-        out = []
-        if (
-            messages
-            and messages[0]["role"] != "system"
-            and _DEFAULT_SYSTEM_MARK in self.chat_template
-        ):
-            out.append(f"<|im_start|>system\n{_default_system(self.chat_template)}<|im_end|>\n")
-        for m in messages:
-            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
+        """The prompt text of ``messages`` (``[{"role": "user", "content": ...}]``) in the
+        checkpoint's chat format: ChatML for SmolLM2, Gemma's turns for Gemma 3 (which writes
+        the BOS token itself; encode it with `encode_chat`)."""
+        chat = self.chat
+        if chat is None or self.chat_template is None:
+            raise CheckpointError(f"{self.source}: this tokenizer has no known chat template")
+        bos = "" if self.bos_token_id is None else self.backend.id_to_token(self.bos_token_id)
+        return chat.render(messages, self.chat_template, bos, add_generation_prompt)
+
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of `apply_chat_template`: the template's own special tokens, nothing added."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt), False)
+
+    def chat_stop_ids(self) -> set[int]:
+        """Ids of the tokens that end a turn in the chat format (``<end_of_turn>``, ...)."""
+        chat = self.chat
+        found = [self.token_to_id(t) for t in (chat.stop if chat else ())]
+        return {i for i in found if i is not None}
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
 
-_DEFAULT_SYSTEM_MARK = "<|im_start|>system\n"
-
-
-def _default_system(template: str) -> str:
-    start = template.index(_DEFAULT_SYSTEM_MARK) + len(_DEFAULT_SYSTEM_MARK)
-    return template[start : template.index("<|im_end|>", start)]
-
-
 def tokenizer_from_gguf(fields: Mapping[str, Any], path: str) -> Tokenizer:
-    """A byte-level BPE tokenizer from GGUF ``tokenizer.ggml.*`` metadata, as llama.cpp builds it.
+    """A tokenizer from GGUF ``tokenizer.ggml.*`` metadata, as llama.cpp builds it: byte-level
+    BPE (``gpt2``) or SentencePiece-style BPE (``llama``).
 
-    ``fields`` maps metadata keys to decoded values (strings, numbers, lists).
+    ``fields`` maps metadata keys to decoded values (strings, numbers, lists). A file without
+    ``tokenizer.chat_template`` gets its architecture's template, if it has one (Gemma 3).
     """
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-    from tokenizers import Tokenizer as Backend
+    from tokenizers import AddedToken
 
     kind = fields.get("tokenizer.ggml.model")
     if kind is None or "tokenizer.ggml.tokens" not in fields:
         raise CheckpointError(
             f"{path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model/tokens missing)"
         )
-    if kind != "gpt2":
+    if kind not in GGUF_TOKENIZERS:
         raise CheckpointError(
-            f"{path}: tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2')"
+            f"{path}: tokenizer model {kind!r} is not supported; supported: "
+            + ", ".join(f"{k!r} ({v.__doc__ or ''})".strip() for k, v in GGUF_TOKENIZERS.items())
         )
+    tokens: list[str] = list(fields["tokenizer.ggml.tokens"])
+    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    if len(set(tokens)) != len(tokens):
+        raise CheckpointError(f"{path}: the GGUF vocabulary has duplicate tokens")
+    if len(types) != len(tokens):
+        raise CheckpointError(
+            f"{path}: {len(types)} token types for {len(tokens)} tokens in the GGUF metadata"
+        )
+    backend, spelled = GGUF_TOKENIZERS[kind](fields, tokens, path)
+    # control tokens are special; user-defined ones are matched whole but decoded as text
+    # (a token the builder respelled lives in the model's vocabulary instead)
+    backend.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, k in zip(tokens, types, strict=True)
+            if k == 3
+        ]
+    )
+    backend.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, s, k in zip(tokens, spelled, types, strict=True)
+            if k == _USER_DEFINED and t == s
+        ]
+    )
+
+    def _id(key: str) -> int | None:
+        v = fields.get(key)
+        return None if v is None else int(v)
+
+    template = fields.get("tokenizer.chat_template")
+    if template is None:
+        template = FAMILY_TEMPLATES.get(str(fields.get("general.architecture")))
+    return Tokenizer(
+        backend,
+        bos_token_id=_id("tokenizer.ggml.bos_token_id"),
+        eos_token_id=_id("tokenizer.ggml.eos_token_id"),
+        pad_token_id=_id("tokenizer.ggml.padding_token_id"),
+        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+        chat_template=template,
+        source=path,
+    )
+
+
+def _byte_level_bpe(
+    fields: Mapping[str, Any], tokens: list[str], path: str
+) -> tuple[Any, list[str]]:
+    """byte-level BPE"""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
     pre = str(fields.get("tokenizer.ggml.pre", "default"))
     if pre not in PRE_TOKENIZERS:
         raise CheckpointError(
             f"{path}: pre-tokenizer {pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    tokens: list[str] = list(fields["tokenizer.ggml.tokens"])
     merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges", [])]
-    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
     vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise CheckpointError(f"{path}: the GGUF vocabulary has duplicate tokens")
     backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     splits: list[Any] = [
         pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre][:-1]
@@ -152,26 +214,60 @@ def tokenizer_from_gguf(fields: Mapping[str, Any], path: str) -> Tokenizer:
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     )
     backend.decoder = decoders.ByteLevel()
-    specials = [
-        AddedToken(tokens[i], special=True, normalized=False)
-        for i, t in enumerate(types)
-        if t in _SPECIAL_TYPES
-    ]
-    backend.add_special_tokens(specials)
+    return backend, tokens
 
-    def _id(key: str) -> int | None:
-        v = fields.get(key)
-        return None if v is None else int(v)
 
-    return Tokenizer(
-        backend,
-        bos_token_id=_id("tokenizer.ggml.bos_token_id"),
-        eos_token_id=_id("tokenizer.ggml.eos_token_id"),
-        pad_token_id=_id("tokenizer.ggml.padding_token_id"),
-        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
-        chat_template=fields.get("tokenizer.chat_template"),
-        source=path,
+def _sentencepiece_bpe(
+    fields: Mapping[str, Any], tokens: list[str], path: str
+) -> tuple[Any, list[str]]:
+    """SentencePiece BPE"""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, normalizers
+
+    # Gemma stores its whitespace-run tokens with spaces; the model sees spaces as "▁"
+    spelled = [SPACE * len(t) if t and not t.strip(" ") else t for t in tokens]
+    if len(set(spelled)) != len(spelled):
+        raise CheckpointError(f"{path}: respelling spaces as {SPACE!r} duplicates tokens")
+    if "tokenizer.ggml.merges" in fields:
+        merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+    else:
+        merges = merges_from_vocab(spelled)
+    unk = fields.get("tokenizer.ggml.unknown_token_id")
+    backend = Backend(
+        models.BPE(
+            vocab={t: i for i, t in enumerate(spelled)},
+            merges=merges,
+            unk_token=None if unk is None else spelled[int(unk)],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
     )
+    steps: list[Any] = [normalizers.Replace(" ", SPACE)]
+    if fields.get("tokenizer.ggml.add_space_prefix", False):
+        steps.insert(0, normalizers.Prepend(SPACE))
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return backend, spelled
+
+
+def merges_from_vocab(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges implied by a vocabulary listed best first: every split of a token into two
+    tokens, tokens in list order, longer left parts first (transformers' ``generate_merges``)."""
+    vocab = set(tokens)
+    merges = []
+    for t in tokens:
+        for k in range(len(t) - 1, 0, -1):
+            left, right = t[:k], t[k:]
+            if left in vocab and right in vocab:
+                merges.append((left, right))
+    return merges
+
+
+SPACE = "\u2581"  # "▁", SentencePiece's visible space
+_USER_DEFINED = 4  # GGUF token type (gguf.TokenType.USER_DEFINED); 3 is CONTROL
+GGUF_TOKENIZERS = {"gpt2": _byte_level_bpe, "llama": _sentencepiece_bpe}
 
 
 def tokenizer_from_file(path: Path, config: Mapping[str, Any] | None = None) -> Tokenizer:
