@@ -39,6 +39,27 @@ def test_run_raw_continues_the_text(
     assert out == smollm2.generate("One, two, three,", 6, stop=[2, "six"]).text + "\n"
 
 
+@pytest.mark.model
+def test_run_gives_gemma3_its_chat_turns(
+    gemma3: headcount.Decoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Gemma's template comes from the model (its GGUF carries none): one BOS, the system
+    message folded into the user turn, generation stopped at ``<end_of_turn>``."""
+    monkeypatch.setattr(headcount, "load", lambda name: gemma3)
+    assert main(["run", "gemma3", "What is 2 + 2?", "--system", "Be brief.", "-n", "8"]) == 0
+    out, err = capsys.readouterr()
+    tok = gemma3.tokenizer
+    ids = tok.encode_chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
+    )
+    assert tok.decode(ids) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nWhat is 2 + 2?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    ref = gemma3.generate(ids, max_new_tokens=8, stop=[1, 106])
+    assert out == ref.text + "\n" and "<end_of_turn>" not in out
+    assert f"[{len(ids)} prompt tokens" in err
+
+
 def test_run_rejects_an_encoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tiny.hf_bert(tmp_path)
     assert main(["run", str(tmp_path), "hello"]) == 2

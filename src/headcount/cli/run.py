@@ -11,12 +11,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="generate text from a prompt with a decoder model, streaming tokens",
         description=(
-            "Generate text after PROMPT with MODEL ('smollm2', a .gguf file or a HuggingFace "
-            "folder). Instruct models with a chat template get the prompt as a user message "
-            "(use --raw to continue the text as it is). Statistics go to stderr."
+            "Generate text after PROMPT with MODEL ('smollm2', 'gemma3', a .gguf file or a "
+            "HuggingFace folder). A model with a chat template (ChatML, Gemma's turns) gets the "
+            "prompt as a user message and stops at the end of its turn (use --raw to continue "
+            "the text as it is: the packaged Gemma 3 270M is the pretrained, not the "
+            "instruction-tuned model). Statistics go to stderr."
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="'smollm2', a .gguf file or a HuggingFace folder")
+    p.add_argument(
+        "model", metavar="MODEL", help="'smollm2', 'gemma3', a .gguf file or a HuggingFace folder"
+    )
     p.add_argument("prompt", metavar="PROMPT", help="the prompt text")
     p.add_argument(
         "-n", "--max-new-tokens", type=int, default=128, help="at most this many new tokens (128)"
@@ -44,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model} is an encoder ({model.config.architecture}); run needs a decoder"
         )
     tok = model.tokenizer
-    prompt = args.prompt
-    if not args.raw and tok.chat_template and "<|im_start|>" in tok.chat_template:
-        messages = [{"role": "system", "content": args.system}] if args.system else []
-        prompt = tok.apply_chat_template([*messages, {"role": "user", "content": args.prompt}])
+    prompt: str | list[int] = args.prompt
     stop_ids: set[int] = set(model.config.eos_token_ids)
     if tok.eos_token_id is not None:
         stop_ids.add(tok.eos_token_id)
+    if not args.raw and tok.chat is not None:  # the checkpoint's chat format (ChatML, Gemma)
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        prompt = tok.encode_chat([*messages, {"role": "user", "content": args.prompt}])
+        stop_ids |= tok.chat_stop_ids()
     stop: list[int | str] = [*stop_ids, *(args.stop or [])]
     decoder = IncrementalDecoder(tok, stop=args.stop or ())
     out = sys.stdout
