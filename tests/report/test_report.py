@@ -92,3 +92,31 @@ def test_report_page_in_headless_chromium(analysis: HeadAnalysis, tmp_path: Path
     assert status["images"] > 5 and status["loaded"] == status["images"]
     assert status["rows"] == 8 and "L0.H" in dom
     screenshot(index, "report.png", height=2000)
+
+
+def test_local_and_global_layers_are_marked(analysis: HeadAnalysis, tmp_path: Path) -> None:
+    """A model with sliding-window layers (Gemma 3): the summary, scores.csv/json, the layer
+    table and the figures say which layers are local and which global."""
+    import dataclasses
+
+    from headcount.report import summary_lines
+
+    assert analysis.windows == [None, None]  # the tiny model attends globally
+    assert analysis.attention_kind(0) == "global" and analysis.rows()[0]["window"] is None
+    windowed = dataclasses.replace(analysis, windows=[8, None])
+    assert "local (sliding window 8): 1 layers; global: L1" in summary_lines(windowed)
+    index = write_report(windowed, tmp_path / "rep")
+    rows = list(csv.DictReader((index.parent / "scores.csv").open()))
+    assert [(r["layer"], r["attention"], r["window"]) for r in rows[::4]] == [
+        ("0", "local", "8"),
+        ("1", "global", ""),
+    ]
+    data = json.loads((index.parent / "scores.json").read_text())
+    assert [(d["attention"], d["window"], d["kv_heads"]) for d in data["layers"]] == [
+        ("local", 8, 2),
+        ("global", None, 2),
+    ]
+    html = index.read_text()
+    assert "<h2>Local and global layers</h2>" in html and "<b>global</b>" in html
+    plain = write_report(analysis, tmp_path / "plain")
+    assert "Local and global layers" not in plain.read_text()

@@ -105,9 +105,19 @@ class HeadAnalysis:
     chance: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     patterns: list[Pattern] = field(default_factory=list)
+    windows: list[int | None] = field(default_factory=list)  # [l] sliding window, None: global
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (None: it attends to every earlier position)."""
+        return self.windows[layer] if layer < len(self.windows) else None
+
+    def attention_kind(self, layer: int) -> str:
+        """``"local"`` for a sliding-window layer, ``"global"`` for a full-attention one."""
+        return "global" if self.window(layer) is None else "local"
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per head: layer, head, kv_group, every score, role."""
+        """One dict per head: layer, head, kv_group, attention (local/global), window, every
+        score, role."""
         out = []
         for layer, H in enumerate(self.heads_per_layer):
             for h in range(H):
@@ -115,6 +125,8 @@ class HeadAnalysis:
                     "layer": layer,
                     "head": h,
                     "kv_group": self.kv_groups[layer][h],
+                    "attention": self.attention_kind(layer),
+                    "window": self.window(layer),
                 }
                 for name, t in self.scores.items():
                     r[name] = float(t[layer, h])
@@ -366,6 +378,7 @@ def analyze(
         syntax_counts=syn_counts,
         syntax_baseline=syn_base,
         chance=chance,
+        windows=[a.window for a in layers],
         meta={
             "text_tokens": len(ids),
             "chunks": len(chunks),

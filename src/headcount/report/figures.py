@@ -66,6 +66,20 @@ def _group_lines(ax: Axes, groups: list[list[int]], color: str = "white") -> Non
     ax.set_ylim(ylim)
 
 
+def _layer_ticks(ax: Axes, L: int, kinds: list[str] | None) -> None:
+    """Layer numbers on the y axis; with ``kinds`` (``"local"``/``"global"`` per layer) every
+    layer is labelled and global layers are marked ``G`` in bold."""
+    if not kinds or "local" not in kinds:
+        ax.set_yticks(range(0, L, max(1, L // 15)))
+        return
+    ax.set_yticks(range(L))
+    ax.set_yticklabels([f"{i} G" if k == "global" else str(i) for i, k in enumerate(kinds)])
+    for label, k in zip(ax.get_yticklabels(), kinds, strict=True):
+        if k == "global":
+            label.set_fontweight("bold")
+    ax.set_ylabel("layer (G: global, others: sliding window)")
+
+
 def heatmap(
     table: Tensor,
     title: str,
@@ -75,9 +89,11 @@ def heatmap(
     diverging: bool = False,
     limit: float = 1.0,
     xlabel: str = "head",
+    kinds: list[str] | None = None,
 ) -> None:
     """``table (L, H)``: one cell per head, KV groups separated by white lines; NaN cells blank.
-    ``diverging``: a red-blue scale over [-limit, limit]."""
+    ``diverging``: a red-blue scale over [-limit, limit]. ``kinds``: ``"local"``/``"global"``
+    per layer, marked on the layer axis."""
     L, H = table.shape
     fig = Figure(figsize=_size(L, H))
     ax = fig.add_subplot()
@@ -95,7 +111,7 @@ def heatmap(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
     ax.set_xticks(range(H))
-    ax.set_yticks(range(0, L, max(1, L // 15)))
+    _layer_ticks(ax, L, kinds)
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8)
     _save(fig, path)
@@ -122,7 +138,7 @@ def role_map(a: HeadAnalysis, path: Path) -> None:
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(H))
-    ax.set_yticks(range(0, L, max(1, L // 15)))
+    _layer_ticks(ax, L, _kinds(a))
     ax.set_title("role of each head", fontsize=10)
     used = {r.split(" ")[0] for row in a.roles for r in row}
     handles = [
@@ -150,18 +166,24 @@ def thumbnails(patterns: list[Pattern], path: Path, per_row: int = 4) -> None:
     _save(fig, path)
 
 
+def _kinds(a: HeadAnalysis) -> list[str]:
+    return [a.attention_kind(i) for i in range(len(a.heads_per_layer))]
+
+
 def all_figures(a: HeadAnalysis, folder: Path) -> list[tuple[str, str]]:
     """Write every figure into ``folder``; returns ``(file name, caption)`` in page order."""
     out = []
+    kinds = _kinds(a)
     role_map(a, folder / "roles.png")
     out.append(("roles.png", "Role of each head (thresholds below)."))
     for name, t in a.scores.items():
         fname = f"heatmap_{name}.png"
-        heatmap(t, name, folder / fname, a.kv_groups, diverging=name == "copying")
+        heatmap(t, name, folder / fname, a.kv_groups, diverging=name == "copying", kinds=kinds)
         out.append((fname, f"{name} per layer and head"))
     for kind, t in a.syntax.items():
         fname = f"heatmap_syn_{kind.replace(':', '_').replace('>', '-')}.png"
-        heatmap(t, f"syntactic {kind} ({a.syntax_counts[kind]} arcs)", folder / fname, a.kv_groups)
+        title = f"syntactic {kind} ({a.syntax_counts[kind]} arcs)"
+        heatmap(t, title, folder / fname, a.kv_groups, kinds=kinds)
         out.append((fname, f"syntactic {kind}: share of arcs hit"))
     if a.patterns:
         thumbnails(a.patterns, folder / "patterns.png")

@@ -51,6 +51,8 @@ def _e(s: object) -> str:
 
 
 def _num(v: object) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.3f}"
     return _e(v)
@@ -104,6 +106,8 @@ def render_index(a: HeadAnalysis, figures: list[tuple[str, str]], folder: Path) 
                 f"<td>{a.syntax_baseline[kind]:.2f}</td></tr>"
             )
         parts.append("</table>")
+    if any(a.window(i) is not None for i in range(len(a.heads_per_layer))):
+        parts.append(_layers_table(a))
     parts.append("<h2>Figures</h2>")
     parts += figures_html(figures, folder)
     parts.append("<h2>How each score is defined</h2><dl>")
@@ -137,10 +141,27 @@ def render_index(a: HeadAnalysis, figures: list[tuple[str, str]], folder: Path) 
     return "\n".join(parts)
 
 
+def _layers_table(a: HeadAnalysis) -> str:
+    """Local (sliding-window) and global layers, with their heads and KV heads."""
+    rows = "".join(
+        f"<tr><td>{i}</td><td class='l'>{'<b>global</b>' if a.window(i) is None else 'local'}</td>"
+        f"<td>{'' if a.window(i) is None else a.window(i)}</td><td>{H}</td>"
+        f"<td>{len(set(a.kv_groups[i]))}</td></tr>"
+        for i, H in enumerate(a.heads_per_layer)
+    )
+    return (
+        "<h2>Local and global layers</h2><p>A local layer attends to the last <i>window</i> "
+        "positions only (sliding-window attention, a KV cache of at most that many positions); "
+        "a global layer attends to every earlier position. Figures mark global layers "
+        "<b>G</b>.</p><table><tr><th>layer</th><th class='l'>attention</th><th>window</th>"
+        f"<th>heads</th><th>KV heads</th></tr>{rows}</table>"
+    )
+
+
 def _table(a: HeadAnalysis) -> str:
     rows = a.rows()
     assert all(syntax_column(k) in rows[0] for k in a.syntax)
-    return "<h2>Every head</h2>" + sortable_table(rows, text_columns=("role",))
+    return "<h2>Every head</h2>" + sortable_table(rows, text_columns=("attention", "role"))
 
 
 # ------------------------------------------------------------- pieces every report page uses
@@ -180,7 +201,7 @@ def sortable_table(rows: Sequence[Mapping[str, Any]], text_columns: tuple[str, .
         cells = []
         for c in cols:
             v = r[c]
-            dv = "" if isinstance(v, float) and math.isnan(v) else v
+            dv = "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
             cls = " class='l'" if c in text_columns else ""
             cells.append(f"<td{cls} data-v='{_e(dv)}'>{_num(v)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")

@@ -34,6 +34,21 @@ def fmt_head(layer: int, head: int) -> str:
     return f"L{layer}.H{head}"
 
 
+def layer_kinds_line(a: HeadAnalysis) -> str | None:
+    """``local (sliding window 512): 15 layers; global: L5, L11, L17`` (None without windows)."""
+    L = len(a.heads_per_layer)
+    windows = sorted({w for w in (a.window(i) for i in range(L)) if w is not None})
+    if not windows:
+        return None
+    local = [i for i in range(L) if a.attention_kind(i) == "local"]
+    glob = [f"L{i}" for i in range(L) if a.attention_kind(i) == "global"]
+    sizes = ", ".join(str(w) for w in windows)
+    return (
+        f"local (sliding window {sizes}): {len(local)} layers; "
+        f"global: {', '.join(glob) if glob else 'none'}"
+    )
+
+
 def summary_lines(a: HeadAnalysis, limit: int = 5) -> list[str]:
     """A few lines naming the heads found, with their scores and the chance level."""
     n = sum(a.heads_per_layer)
@@ -41,6 +56,9 @@ def summary_lines(a: HeadAnalysis, limit: int = 5) -> list[str]:
         f"{a.model or 'model'}: {len(a.heads_per_layer)} layers, {n} heads, "
         f"{a.meta.get('text_tokens', '?')} text tokens in {a.meta.get('chunks', '?')} chunk(s)"
     ]
+    local = layer_kinds_line(a)
+    if local:
+        lines.append(local)
     for kind, name in NAMED:
         if name not in a.scores:
             continue

@@ -19,7 +19,8 @@ def _clean(v: Any) -> Any:
 
 
 def write_csv(a: HeadAnalysis, path: Path) -> None:
-    """One row per head: layer, head, kv_group, every score, role."""
+    """One row per head: layer, head, kv_group, attention, window (empty: global), every score,
+    role."""
     rows = a.rows()
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -33,6 +34,16 @@ def to_json(a: HeadAnalysis) -> dict[str, Any]:
     return {
         "model": a.model,
         "heads_per_layer": a.heads_per_layer,
+        "layers": [
+            {
+                "layer": i,
+                "heads": H,
+                "kv_heads": len(set(a.kv_groups[i])),
+                "attention": a.attention_kind(i),
+                "window": a.window(i),
+            }
+            for i, H in enumerate(a.heads_per_layer)
+        ],
         "meta": a.meta,
         "chance": {k: _clean(v) for k, v in a.chance.items()},
         "thresholds": {
