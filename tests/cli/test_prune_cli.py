@@ -253,10 +253,10 @@ def test_bad_input(
     assert digest(decoder_dir) == source
 
 
-def assert_refused(code: int, err: str, message: str) -> None:
+def assert_refused(code: int, err: str, message: str, command: str = "prune") -> None:
     errors = [line for line in err.splitlines() if "error:" in line]
     assert code == 2 and len(errors) == 1, err
-    assert errors[0].startswith("headcount prune: error: ") and message in errors[0], err
+    assert errors[0].startswith(f"headcount {command}: error: ") and message in errors[0], err
     assert "Traceback" not in err
 
 

@@ -111,21 +111,32 @@ def encode_prefix(tokenizer: Any, text: str, n: int) -> list[int]:
         chars *= 2
 
 
-def objective_for(model: Any, text: str, tokens: int, window: int, *, gates: bool = False) -> Any:
+def objective_for(
+    model: Any,
+    text: str,
+    tokens: int,
+    window: int,
+    *,
+    gates: bool = False,
+    batch_size: int | None = None,
+) -> Any:
     """Decoders: `LanguageModeling` on the first ``tokens`` ids of ``text`` (``tokenizer.encode``)
     in windows of ``window``. Encoders: `Contrastive` on (line, next line) pairs of ``text``
     until their tokens reach ``tokens``; with ``gates``, `EmbeddingDistillation` on the first
-    lines of those pairs (learned gates of an encoder keep its embeddings)."""
+    lines of those pairs (learned gates of an encoder keep its embeddings). ``batch_size``:
+    examples per batch (default: each objective's own)."""
     from headcount import Decoder
     from headcount.cli.main import UsageError
     from headcount.prune import Contrastive, EmbeddingDistillation, LanguageModeling, sentence_pairs
 
+    sized = {} if batch_size is None else {"batch_size": batch_size}
     if isinstance(model, Decoder):
         if window > model.max_len:
             raise UsageError(
                 f"--window {window} is longer than the model's context {model.max_len}"
             )
-        return LanguageModeling(encode_prefix(model.tokenizer, text, tokens), window=window)
+        ids = encode_prefix(model.tokenizer, text, tokens)
+        return LanguageModeling(ids, window=window, **sized)
     pairs, used = [], 0
     for a, b in sentence_pairs(text):
         if used >= tokens:
@@ -133,8 +144,8 @@ def objective_for(model: Any, text: str, tokens: int, window: int, *, gates: boo
         pairs.append((a, b))
         used += len(model.tokenizer.encode(a)) + len(model.tokenizer.encode(b))
     if gates:
-        return EmbeddingDistillation(model, [a for a, _ in pairs], batch_size=16)
-    return Contrastive(model, pairs)
+        return EmbeddingDistillation(model, [a for a, _ in pairs], batch_size=batch_size or 16)
+    return Contrastive(model, pairs, **sized)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from headcount.errors import HeadcountError
 
 # Subcommand modules, in the order `headcount --help` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "kv", "run", "analyze", "view", "importance", "prune")
+COMMANDS: tuple[str, ...] = (
+    "demo",
+    "kv",
+    "run",
+    "analyze",
+    "view",
+    "importance",
+    "prune",
+    "convert",
+)
 
 
 class UsageError(Exception):
@@ -27,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headcount",
         description="Multi-head attention and its heads: MHA/GQA/MQA, real checkpoints, "
-        "analysis, pruning.",
+        "analysis, pruning, conversion.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -69,11 +69,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="M",
         help="distil the pruned model toward the unpruned one on the text for M minutes",
     )
+    add_eval_options(p, "scoring")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder of the pruned model")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier saved model in that folder"
+    )
+    p.set_defaults(func=run)
+
+
+def add_eval_options(p: argparse.ArgumentParser, use: str) -> None:
+    """--eval-play / --eval-tokens: the held-out text `Quality` measures on."""
     p.add_argument(
         "--eval-play",
         default=DEFAULT_EVAL_PLAY,
         metavar="P",
-        help=f"held-out play for quality (default {DEFAULT_EVAL_PLAY}); never the scoring text",
+        help=f"held-out play for quality (default {DEFAULT_EVAL_PLAY}); never the {use} text",
     )
     p.add_argument(
         "--eval-tokens",
@@ -82,11 +92,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"tokens of the eval play (default {DEFAULT_EVAL_TOKENS})",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder of the pruned model")
-    p.add_argument(
-        "--force", action="store_true", help="replace an earlier saved model in that folder"
-    )
-    p.set_defaults(func=run)
 
 
 def _play_key(name: str) -> str:
@@ -117,6 +122,13 @@ def check_args(args: argparse.Namespace) -> None:
     if args.eval_tokens < 2:
         raise UsageError(f"--eval-tokens must be >= 2, got {args.eval_tokens}")
     check_text_options(args)
+    check_eval_play(args, "scoring")
+
+
+def check_eval_play(args: argparse.Namespace, use: str) -> None:
+    """`UsageError` when --eval-play is part of the text (--text/--play) used for ``use``."""
+    from headcount.cli.main import UsageError
+
     if args.text is None:
         from headcount.loaders.corpus import plays
 
@@ -124,8 +136,8 @@ def check_args(args: argparse.Namespace) -> None:
         if _play_key(args.eval_play) in scoring:
             what = f"--play {args.play}" if args.play else "the calibration plays (the default)"
             raise UsageError(
-                f"--eval-play {args.eval_play} is part of the scoring text, {what}; evaluate on "
-                "a held-out play (hamlet, macbeth, tempest) or score on another --play"
+                f"--eval-play {args.eval_play} is part of the {use} text, {what}; evaluate on "
+                f"a held-out play (hamlet, macbeth, tempest) or use another --play for {use}"
             )
 
 
@@ -155,9 +167,12 @@ class RecoveryBar:
 
 class Quality:
     """Held-out quality. Decoders: perplexity on the first tokens of the eval play (lower is
-    better). Encoders: mean cosine of sentence embeddings of its lines to the unpruned model's."""
+    better). Encoders: mean cosine of sentence embeddings of its lines to ``model``'s, the
+    ``reference`` model (named so in the metric)."""
 
-    def __init__(self, model: Any, text: str, tokens: int, play: str) -> None:
+    def __init__(
+        self, model: Any, text: str, tokens: int, play: str, reference: str = "unpruned"
+    ) -> None:
         from headcount import Decoder
         from headcount.prune import sentence_pairs
 
@@ -178,7 +193,7 @@ class Quality:
             self.lines = lines
             self.reference = model.embed(lines)  # (N, C) of the unpruned model
             self.name = (
-                f"embedding cosine to the unpruned model on {len(lines)} lines of {play} "
+                f"embedding cosine to the {reference} model on {len(lines)} lines of {play} "
                 "(higher is better)"
             )
 

@@ -17,7 +17,7 @@ from headcount.errors import ShapeError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
-from headcount.nn import Attention, RoPE
+from headcount.nn import Attention, RoPE, key_padding_mask
 
 
 @dataclass
@@ -144,7 +144,7 @@ class Decoder(TextModel):
                 raise ShapeError(
                     f"attention_mask must be (B, cached + new) = ({B}, {past + T}), got {tuple(attention_mask.shape)}"
                 )
-            attention_mask = attention_mask.bool()
+            attention_mask = key_padding_mask(attention_mask)  # refuses additive masks
             if positions is None:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)[:, past:]  # (B, T)
         x = self.embed_tokens(input_ids)  # (B, T, C)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from headcount.errors import ShapeError
 from headcount.loaders.config import EncoderConfig
 from headcount.models.base import TextModel
-from headcount.nn import Attention
+from headcount.nn import Attention, key_padding_mask
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -118,7 +118,7 @@ class Encoder(TextModel):
                 raise ShapeError(
                     f"attention_mask must be (B, T) = ({B}, {T}), got {tuple(attention_mask.shape)}"
                 )
-            attention_mask = attention_mask.bool()
+            attention_mask = key_padding_mask(attention_mask)  # refuses additive masks
         if token_type_ids is not None and tuple(token_type_ids.shape) != (B, T):
             raise ShapeError(
                 f"token_type_ids must be (B, T) = ({B}, {T}), got {tuple(token_type_ids.shape)}"

@@ -45,6 +45,25 @@ def _group_sizes(H: int, G: int, group_sizes: Sequence[int] | None) -> tuple[int
     return sizes
 
 
+def key_padding_mask(attention_mask: Tensor) -> Tensor:
+    """``attention_mask (B, S)`` of 1/True (real key) and 0/False (padding) as bool.
+
+    Any other value (an additive mask of 0 / -inf, say, which would read inverted) raises
+    `ShapeError`: pass additive masks as ``attn_mask``.
+    """
+    if attention_mask.dtype == torch.bool:
+        return attention_mask
+    if attention_mask.is_complex() or not bool(
+        ((attention_mask == 0) | (attention_mask == 1)).all()
+    ):
+        raise ShapeError(
+            "attention_mask must hold 1/True for real tokens and 0/False for padding "
+            f"({attention_mask.dtype} with other values given); pass an additive mask as "
+            "attn_mask (0 / -inf, to Attention)"
+        )
+    return attention_mask != 0
+
+
 class Attention(nn.Module):
     """Multi-head attention with ``n_kv_heads`` KV heads: MHA (= n_heads), GQA, or MQA (= 1).
 
@@ -237,6 +256,16 @@ class Attention(nn.Module):
         H, D = self.n_heads, self.head_dim
         if self.window is not None and context is not None:
             raise ConfigError("a sliding window applies to self-attention, not to a context")
+        if cache is not None and cache.window is not None and self.window is not None:
+            past = cache.length
+            S_keys, S_attn = past + T, min(past, self.window - 1) + T  # the ring's keys
+        elif context is None:
+            S_keys = S_attn = (cache.length if cache is not None else 0) + T
+        else:
+            S_keys = S_attn = (
+                cache.length if cache is not None and cache.length else context.shape[1]
+            )
+        attention_mask = self._check_masks(B, T, S_keys, S_attn, causal, attention_mask, attn_mask)
         q, k, v = self._project(x, context, cache)  # (B, H, T, D), (B, G, S_new, D) x2
         if self.q_norm is not None:
             q = self.q_norm(q)
@@ -321,13 +350,8 @@ class Attention(nn.Module):
             raise ConfigError(
                 f"a KVCache with window={cache.window} cannot serve attention with window={self.window}"
             )
-        B, _, T, _ = k.shape
-        past = cache.length
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past + T):
-            raise ShapeError(
-                f"attention_mask must be (B, S) = ({B}, {past + T}) over all keys (cached ones included), "
-                f"got {tuple(attention_mask.shape)}"
-            )
+        T = k.shape[2]
+        past = cache.length  # the masks were checked against it before anything was written
         if T == 1 and not need_weights and cache.window == self.window:
             k, v = cache.append(k, v)  # (B, G, held, D): the window, in slot order
             if attention_mask is not None:
@@ -380,6 +404,44 @@ class Attention(nn.Module):
         v = v.view(B, S, G, D).transpose(1, 2)  # (B, G, S, D)
         return q, k, v
 
+    def _check_masks(
+        self,
+        B: int,
+        T: int,
+        S_keys: int,
+        S_attn: int,
+        causal: bool,
+        attention_mask: Tensor | None,
+        attn_mask: Tensor | None,
+    ) -> Tensor | None:
+        """Check the masks against the keys the queries will see, before anything is written
+        to a cache (a failed call leaves the cache as it was). ``S_keys``: every key including
+        cached ones (what ``attention_mask`` spans); ``S_attn``: the keys attended (what
+        ``attn_mask`` spans; fewer through a sliding-window ring). Returns ``attention_mask``
+        as bool."""
+        H = self.n_heads
+        if causal and S_attn < T:
+            raise ShapeError(f"causal attention with {T} queries but only {S_attn} keys")
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != (B, S_keys):
+                raise ShapeError(
+                    f"attention_mask must be (B, S) = ({B}, {S_keys}) over all keys (cached ones "
+                    f"included), got {tuple(attention_mask.shape)}"
+                )
+            attention_mask = key_padding_mask(attention_mask)
+        if attn_mask is not None:
+            if not (2 <= attn_mask.ndim <= 4) or any(
+                m not in (1, n)
+                for m, n in zip(attn_mask.shape[::-1], (S_attn, T, H, B), strict=False)
+            ):
+                raise ShapeError(
+                    f"attn_mask {tuple(attn_mask.shape)} does not broadcast to (B, H, T, S) = "
+                    f"{(B, H, T, S_attn)}"
+                )
+            if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+                raise DTypeError(f"attn_mask must be bool or floating point, got {attn_mask.dtype}")
+        return attention_mask
+
     def _mask(
         self,
         B: int,
@@ -398,44 +460,21 @@ class Attention(nn.Module):
         key, or is None when every row does. Rows that see none are unmasked so the kernel gives
         no NaN, and zeroed afterwards with ``valid``. ``band (T, S)``: the sliding window.
         """
-        H = self.n_heads
         parts_bool: list[Tensor] = [] if band is None else [band[None, None]]
         if causal:
-            if T > S:
-                raise ShapeError(f"causal attention with {T} queries but only {S} keys")
             if T == S and attention_mask is None and attn_mask is None and band is None:
                 return None, True, None
             if T > 1:  # with T == 1 the newest query sees every cached key
                 parts_bool.append(causal_mask(T, S, x.device)[None, None])  # (1, 1, T, S)
-        if attention_mask is not None:
-            if attention_mask.shape != (B, S):
-                raise ShapeError(
-                    f"attention_mask must be (B, S) = ({B}, {S}) over all keys (cached ones included), "
-                    f"got {tuple(attention_mask.shape)}"
-                )
-            if attention_mask.dtype != torch.bool:
-                if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-                    raise ValueError(
-                        "attention_mask must hold 1/True for real tokens and 0/False for padding; "
-                        "pass an additive mask as attn_mask"
-                    )
-                attention_mask = attention_mask != 0
+        if attention_mask is not None:  # checked by _check_masks, bool
             parts_bool.append(attention_mask[:, None, None, :])  # (B, 1, 1, S)
         additive = None
-        if attn_mask is not None:
-            if not (2 <= attn_mask.ndim <= 4) or any(
-                m not in (1, n) for m, n in zip(attn_mask.shape[::-1], (S, T, H, B), strict=False)
-            ):
-                raise ShapeError(
-                    f"attn_mask {tuple(attn_mask.shape)} does not broadcast to (B, H, T, S) = {(B, H, T, S)}"
-                )
+        if attn_mask is not None:  # checked by _check_masks
             am = attn_mask.reshape((1,) * (4 - attn_mask.ndim) + tuple(attn_mask.shape))
             if am.dtype == torch.bool:
                 parts_bool.append(am)
-            elif am.is_floating_point():
-                additive = am.to(x.dtype)
             else:
-                raise DTypeError(f"attn_mask must be bool or floating point, got {am.dtype}")
+                additive = am.to(x.dtype)
         if not parts_bool and additive is None:
             return None, False, None
         allowed = None

@@ -9,7 +9,6 @@ Legend: L layers, H_l query heads, G_l KV heads of layer l, D head dim.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,9 @@ from headcount.models.base import TextModel
 from headcount.prune import KeepMask, Recovery
 from headcount.report.figures import heatmap, keep_map, loss_curve, ragged
 from headcount.report.html import _e, figures_html, page_end, page_start, sortable_table
-from headcount.report.write import write_checkpoint
+from headcount.report.write import write_checkpoint_report
 
 KV_DTYPE = "float16"  # KV-cache bytes are priced as `headcount kv` prices them by default
-REPORT = "report"
 
 
 def parameters(model: TextModel) -> int:
@@ -268,13 +266,12 @@ def write_pruned(
 ) -> Path:
     """Save ``pruned`` to ``out_dir`` with ``report/`` (prune.json, figures, index.html) inside,
     atomically; returns the folder. ``out_dir`` may be new, empty or (``force``) an earlier save."""
-
-    def add_report(folder: Path) -> None:
-        rep = folder / REPORT
-        figs = rep / "figures"
-        figs.mkdir(parents=True)
-        (rep / "prune.json").write_text(json.dumps(to_json(r), indent=1) + "\n", encoding="utf-8")
-        figures = prune_figures(r, figs)
-        (rep / "index.html").write_text(render_prune(r, figures, figs), encoding="utf-8")
-
-    return write_checkpoint(pruned, out_dir, force=force, extra=add_report)
+    return write_checkpoint_report(
+        pruned,
+        out_dir,
+        name="prune",
+        data=to_json(r),
+        figures=lambda folder: prune_figures(r, folder),
+        render=lambda figures, folder: render_prune(r, figures, folder),
+        force=force,
+    )

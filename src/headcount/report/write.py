@@ -5,8 +5,10 @@ its ``headcount.json``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from headcount import outputs
 from headcount.errors import HeadcountError
@@ -19,6 +21,7 @@ from headcount.report.html import render_index
 from headcount.report.tables import write_csv, write_json
 
 MARKER = ".headcount-report"
+REPORT = "report"  # the report folder inside a checkpoint a command saves
 
 
 class ReportError(HeadcountError, OSError):
@@ -96,3 +99,27 @@ def write_checkpoint(
             extra(folder)
 
     return outputs.write_atomically(out, fill, error=ReportError)
+
+
+def write_checkpoint_report(
+    model: TextModel,
+    out_dir: str | Path,
+    *,
+    name: str,
+    data: dict[str, Any],
+    figures: Callable[[Path], list[tuple[str, str]]],
+    render: Callable[[list[tuple[str, str]], Path], str],
+    force: bool = False,
+) -> Path:
+    """`write_checkpoint` with ``REPORT/`` inside: ``{name}.json`` holding ``data``, the figures
+    ``figures(folder)`` draws into ``REPORT/figures/`` (returning ``(file name, caption)``) and
+    the ``index.html`` that ``render(figures, folder)`` returns; returns the folder."""
+
+    def add_report(folder: Path) -> None:
+        rep = folder / REPORT
+        figs = rep / "figures"
+        figs.mkdir(parents=True)
+        (rep / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        (rep / "index.html").write_text(render(figures(figs), figs), encoding="utf-8")
+
+    return write_checkpoint(model, out_dir, force=force, extra=add_report)
