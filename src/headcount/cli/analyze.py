@@ -74,6 +74,12 @@ def load_text(args: argparse.Namespace) -> str:
     return text[text.index("\n", start) + 1 :] if start >= 0 else text
 
 
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class Bars:
     """tqdm progress bars, one per stage of the analysis."""
 
@@ -101,6 +107,7 @@ class Bars:
 def run(args: argparse.Namespace) -> int:
     from headcount import load
     from headcount.cli.main import UsageError
+    from headcount.distributed import World
     from headcount.heads import AnalysisConfig, analyze, read_conllu
     from headcount.report import summary_lines, write_report
     from headcount.report.write import prepare_target
@@ -109,12 +116,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--tokens must be >= 1 and --chunk >= 2, got {args.tokens} and {args.chunk}"
         )
-    prepare_target(args.output, force=args.force)  # fail before the slow part
+    world = getattr(args, "world", None) or World()  # under torchrun: rank 0 writes
+    world.on_main(lambda: prepare_target(args.output, force=args.force))  # before the slow part
     text = load_text(args)
     if not text.strip():
         from headcount.heads import TextError
 
         raise TextError(f"the text to analyse ({args.text or args.corpus}) is empty")
+    world.check_same("text", {"chars": len(text), "sha256": _digest(text)})
     sentences = None
     if not args.no_syntax:
         from importlib.resources import files
@@ -125,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
             else Path(str(files("headcount") / "data" / "sample.conllu"))
         )
         sentences = read_conllu(source)
-    print(f"loading {args.model} ...", file=sys.stderr)
+    if world.is_main:
+        print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)
-    bars = Bars()
+    bars = Bars() if world.is_main else None
     try:
         result = analyze(
             model,
@@ -136,9 +146,15 @@ def run(args: argparse.Namespace) -> int:
             config=AnalysisConfig(chunk_len=args.chunk, max_tokens=args.tokens),
             progress=bars,
             name=str(args.model),
+            world=world,
         )
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
+    if not world.is_main:
+        return 0
+    if world.distributed:
+        result.meta["processes"] = world.size
     index = write_report(result, args.output, force=args.force)
     print("\n".join(summary_lines(result)))
     print(f"report: {index}  ({result.meta['seconds']} s)")

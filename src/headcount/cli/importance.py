@@ -150,7 +150,8 @@ def objective_for(
 
 def run(args: argparse.Namespace) -> int:
     from headcount import Decoder, load
-    from headcount.cli.analyze import Bars
+    from headcount.cli.analyze import Bars, _digest
+    from headcount.distributed import World
     from headcount.prune import ablate, head_importance
     from headcount.report.importance import (
         ImportanceReport,
@@ -160,9 +161,16 @@ def run(args: argparse.Namespace) -> int:
     from headcount.report.write import prepare_target
 
     check_text_options(args)
-    prepare_target(args.output, force=args.force)  # fail before the slow part
+    world = getattr(args, "world", None) or World()  # under torchrun: rank 0 writes
+    if world.distributed and args.ablation:
+        from headcount.cli.main import UsageError
+
+        raise UsageError("--ablation runs in one process (not under torchrun)")
+    world.on_main(lambda: prepare_target(args.output, force=args.force))  # before the slow part
     text = read_text(args)
-    print(f"loading {args.model} ...", file=sys.stderr)
+    world.check_same("text", {"chars": len(text), "sha256": _digest(text)})
+    if world.is_main:
+        print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)
     objective = objective_for(model, text, args.tokens, args.window)
     t0 = time.perf_counter()
@@ -172,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
             model,
             objective,
             normalize=not args.no_normalize,
-            progress=lambda d, n: bars("importance", d, n),
+            progress=(lambda d, n: bars("importance", d, n)) if world.is_main else None,
+            world=world,
         )
         abl = (
             ablate(model, objective, progress=lambda d, n: bars("ablation", d, n))
@@ -181,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bars.close()
+    if not world.is_main:
+        return 0
     layers = model.attention_layers()
     report = ImportanceReport(
         model=str(args.model),

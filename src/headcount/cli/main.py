@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from headcount.errors import HeadcountError
 
@@ -26,6 +27,9 @@ COMMANDS: tuple[str, ...] = (
     "prune",
     "convert",
 )
+# Subcommands that run data-parallel under torchrun (WORLD_SIZE > 1): each rank scores its
+# share, rank 0 writes. See headcount.distributed.
+DISTRIBUTED: tuple[str, ...] = ("analyze", "importance")
 
 
 class UsageError(Exception):
@@ -45,11 +49,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _world(args: argparse.Namespace) -> AbstractContextManager:
+    """The process group under torchrun (arguments checked equal on every rank), else one process."""
+    from headcount.distributed import World, env_world_size, launched
+
+    if env_world_size() <= 1:
+        return nullcontext(World())
+    if args.command not in DISTRIBUTED:
+        raise UsageError(
+            f"{args.command} runs in one process; under torchrun (WORLD_SIZE={env_world_size()}) "
+            f"only {', '.join(DISTRIBUTED)} do"
+        )
+    return launched(config={k: v for k, v in vars(args).items() if k != "func"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with _world(args) as args.world:
+            return int(args.func(args))
     except (UsageError, HeadcountError, FileNotFoundError, PermissionError) as exc:
         # Errors caused by the input carry a message naming the problem; show just that.
         # HEADCOUNT_DEBUG=1 shows the traceback instead.

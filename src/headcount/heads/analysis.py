@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headcount.distributed.process import World
 from headcount.heads.errors import ConlluError, TextError
 from headcount.heads.induction import (
     induction_batch,
@@ -255,12 +256,19 @@ def analyze(
     config: AnalysisConfig | None = None,
     progress: Progress | None = None,
     name: str = "",
+    world: World | None = None,
 ) -> HeadAnalysis:
     """Score every head of ``model`` over ``text``: position, locality, duplicate and rare-token
     scores on the text in chunks, induction on repeated random tokens, the OV copying score,
     and (with ``sentences`` from `read_conllu`) syntactic relations. ``progress(stage, done,
-    total)`` is called as the passes advance. Raises `TextError` for an empty text."""
+    total)`` is called as the passes advance. Raises `TextError` for an empty text.
+
+    ``world`` (from `headcount.distributed.init`): each rank scores its share of the chunks,
+    induction sequences and sentence batches; the per-head sums and counts are added over the
+    ranks before any mean is taken, so every rank returns the single-process scores (to float
+    rounding); only rank 0 draws the thumbnails."""
     cfg = config or AnalysisConfig()
+    world = world or World()
     report = progress or (lambda stage, done, total: None)
     tok = model.tokenizer
     layers = _layers(model)
@@ -293,18 +301,19 @@ def analyze(
 
     # 1. the text, chunk by chunk: every layer reduced as the forward pass goes
     acc = ScoreAccumulator(heads, TEXT_SCORES)
+    mine = world.part(len(chunks))  # all of them in one process
     with capture_weights(layers, acc.update):
-        pos = 0
-        for k, chunk in enumerate(chunks):
+        for done, k in enumerate(mine):
+            chunk, pos = chunks[k], k * body
             seg = segs[pos : pos + len(chunk)]
-            pos += len(chunk)
             x = torch.tensor([prefix + chunk])  # (1, T)
             seg_t = (
                 torch.tensor([[seg[0] - 1] * len(prefix) + seg]) if prefix else torch.tensor([seg])
             )
             acc.context = ChunkContext(x, frequencies=counts, segments=seg_t)
             _forward(model, x)
-            report("text", k + 1, len(chunks))
+            report("text", done + 1, len(mine))
+    acc.all_sum(world)
     scores = acc.means()
 
     # 2. induction on repeated random tokens
@@ -324,10 +333,16 @@ def analyze(
         cand, ind_start, n_seqs=cfg.induction_seqs, length=length, repeats=repeats, seed=cfg.seed
     )
     ind = ScoreAccumulator(heads, ["induction"])
-    ind.context = ChunkContext(ind_tokens, induction_targets=targets)
+    rows = world.part(ind_tokens.shape[0])
     report("induction", 0, 1)
-    with capture_weights(layers, ind.update):
-        _forward(model, ind_tokens)
+    if len(rows):
+        pick = (targets[0] >= rows.start) & (targets[0] < rows.stop)
+        mine_targets = (targets[0][pick] - rows.start, targets[1][pick], targets[2][pick])
+        x = ind_tokens[rows.start : rows.stop]  # (N_rank, 1 + repeats * length)
+        ind.context = ChunkContext(x, induction_targets=mine_targets)
+        with capture_weights(layers, ind.update):
+            _forward(model, x)
+    ind.all_sum(world)
     report("induction", 1, 1)
     scores["induction"] = ind.means()["induction"]
 
@@ -357,7 +372,7 @@ def analyze(
     skipped = 0
     if sentences:
         syntax, syn_counts, syn_base, skipped = _syntax(
-            model, layers, heads, sentences, prefix, cfg, report
+            model, layers, heads, sentences, prefix, cfg, report, world
         )
 
     # chance levels of a head attending uniformly
@@ -396,7 +411,8 @@ def analyze(
             "copying": emb is not None,
         },
     )
-    result.patterns = _thumbnails(model, layers, result, ids, ind_tokens[0], prefix, cfg)
+    if world.is_main:
+        result.patterns = _thumbnails(model, layers, result, ids, ind_tokens[0], prefix, cfg)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 
@@ -409,6 +425,7 @@ def _syntax(
     prefix: list[int],
     cfg: AnalysisConfig,
     report: Progress,
+    world: World,
 ) -> tuple[dict[str, Tensor], dict[str, int], dict[str, float], int]:
     tok = model.tokenizer
     kinds: dict[str, int] = {}
@@ -440,8 +457,10 @@ def _syntax(
 
     size = 16
     pad = prefix[0] if prefix else 0
+    starts = range(0, len(items), size)
+    mine = [starts[b] for b in world.part(len(starts))]  # batches of this rank
     with capture_weights(layers, update):
-        for k in range(0, len(items), size):
+        for k in mine:
             group = items[k : k + size]
             rows = [prefix + ids for ids, _ in group]
             T = max(len(r) for r in rows)
@@ -453,6 +472,7 @@ def _syntax(
                 counts.index_add_(0, ctx.kinds, ones)
                 base.index_add_(0, ctx.kinds, ctx.baseline_hits.double())
             report("syntax", min(k + size, len(items)), len(items))
+    world.all_sum([*hits, counts, base])  # sums and counts, before any division
     L, Hm = len(heads), max(heads)
     tables, n_arcs, baseline = {}, {}, {}
     for kind, e in sorted(kinds.items()):

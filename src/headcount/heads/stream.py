@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from headcount.distributed.process import World
 from headcount.errors import ShapeError
 from headcount.heads.scorers import SCORERS, ChunkContext
 from headcount.nn.attention import Attention
@@ -79,6 +80,11 @@ class ScoreAccumulator:
             s, c = SCORERS[n](w, self.context)
             self.sums[n][layer] += s.cpu()
             self.counts[n][layer] += c
+
+    def all_sum(self, world: World) -> None:
+        """Add the sums and counts of every rank (one all_reduce; nothing in one process).
+        Means are taken after this, so unequal shards weigh as in one process."""
+        world.all_sum([t for n in self.names for t in (*self.sums[n], *self.counts[n])])
 
     def means(self) -> dict[str, Tensor]:
         """``{name: (L, H_max)}`` float64 means; NaN where a head does not exist or saw nothing."""

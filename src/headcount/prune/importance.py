@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from headcount.distributed.process import World
 from headcount.errors import ConfigError
 from headcount.models import Decoder, Encoder
 from headcount.prune.masks import KeepMask, apply_mask, full_mask, group_index
@@ -82,12 +83,17 @@ def head_importance(
     keep: KeepMask | None = None,
     normalize: bool = True,
     progress: Progress | None = None,
+    world: World | None = None,
 ) -> Importance:
     """Michel's I_h = E_x |dL/d xi_h| over every batch of ``objective``, and the group scores.
 
     ``keep``: heads already pruned (gate 0) stay masked while the others are scored, as in
     iterative pruning; their scores are 0. The model's gates are restored afterwards.
+    ``world`` (from `headcount.distributed.init`): each rank takes its share of the batches and
+    the sums of |gradient| are added over the ranks before the mean, so every rank returns the
+    single-process scores (to float rounding), whatever the shares.
     """
+    world = world or World()
     layers = model.attention_layers()
     keep = keep if keep is not None else full_mask(model)
     old = [a.head_gate for a in layers]
@@ -102,11 +108,12 @@ def head_importance(
     head_sum = [torch.zeros(a.n_heads, dtype=torch.float64) for a in layers]
     group_sum = [torch.zeros(a.n_kv_heads, dtype=torch.float64) for a in layers]
     batches = list(objective.batches())
+    mine = [batches[k] for k in world.part(len(batches))]
     was_training = model.training
     model.eval()
     try:
         with _frozen(model), torch.enable_grad():
-            for k, batch in enumerate(batches):
+            for k, batch in enumerate(mine):
                 loss = objective.loss(model, batch)
                 grads = torch.autograd.grad(loss, gates)
                 for i, gr in enumerate(grads):
@@ -116,11 +123,12 @@ def head_importance(
                         torch.zeros_like(group_sum[i]).index_add_(0, groups[i], gr).abs()
                     )
                 if progress is not None:
-                    progress(k + 1, len(batches))
+                    progress(k + 1, len(mine))
     finally:
         for a, g in zip(layers, old, strict=True):
             a.head_gate = g
         model.train(was_training)
+    world.all_sum([*head_sum, *group_sum])  # sums of |gradient|, divided once below
     n = max(len(batches), 1)
     heads = [(s / n) * m.double() for s, m in zip(head_sum, keep, strict=True)]
     grps = [s / n for s in group_sum]

@@ -1,0 +1,125 @@
+"""What each rank runs in the distributed tests (see `launch.run_ranks`).
+
+``python -m tests.distributed.workers NAME OUT ARGS...``: joins the group from the environment,
+runs the scenario, writes ``OUT/rank{r}.pt``. Errors go to stderr with exit code 3.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from headcount.distributed import DistributedError, World, init, shutdown
+
+torch.set_num_threads(1)
+
+TEXT = (
+    "Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace from day to day, to the "
+    "last syllable of recorded time; and all our yesterdays have lighted fools the way to dusty "
+    "death. Out, out, brief candle! Life's but a walking shadow, a poor player, that struts and "
+    "frets his hour upon the stage, and then is heard no more. It is a tale told by an idiot, "
+    "full of sound and fury, signifying nothing."
+)
+
+
+def analysis_model() -> torch.nn.Module:
+    """A tiny Llama-shaped decoder (GQA, MHA, MQA layers) over ASCII characters."""
+    from tests.heads.conftest import CharTokenizer
+    from tests.prune.conftest import tiny_decoder
+
+    model = tiny_decoder(vocab_size=128, max_len=64)
+    model.set_tokenizer(CharTokenizer())  # type: ignore[arg-type]
+    return model
+
+
+def analysis_config(tokens: int) -> object:
+    from headcount.heads import AnalysisConfig
+
+    return AnalysisConfig(chunk_len=24, max_tokens=tokens, induction_seqs=5, induction_len=6)
+
+
+def run_analyze(world: World, tokens: str) -> dict:
+    from headcount.heads import analyze
+
+    res = analyze(analysis_model(), TEXT, config=analysis_config(int(tokens)), world=world)  # type: ignore[arg-type]
+    return {"scores": res.scores, "meta": res.meta, "patterns": len(res.patterns)}
+
+
+def importance_objective(tokens: int, window: int) -> object:
+    from headcount.prune import LanguageModeling
+
+    g = torch.Generator().manual_seed(1)
+    return LanguageModeling(torch.randint(0, 40, (tokens,), generator=g), window=window)
+
+
+def run_importance(world: World, tokens: str, window: str) -> dict:
+    from headcount.prune import head_importance
+    from tests.prune.conftest import tiny_decoder
+
+    imp = head_importance(
+        tiny_decoder(),
+        importance_objective(int(tokens), int(window)),
+        world=world,  # type: ignore[arg-type]
+    )
+    return {"heads": imp.heads, "groups": imp.groups, "n": imp.n_examples}
+
+
+def run_dies(world: World) -> dict:
+    """Rank 1 dies before the all_reduce; the others must fail, not hang."""
+    if world.rank == 1:
+        os._exit(17)
+    world.all_sum([torch.ones(3)])
+    return {}
+
+
+def run_stalls(world: World) -> dict:
+    """Rank 1 stays alive but never joins the all_reduce: the others time out."""
+    if world.rank == 1:
+        import time
+
+        time.sleep(world.timeout + 4)  # then it fails too: the peer is gone
+    world.all_sum([torch.ones(3)])
+    return {}
+
+
+def run_mismatch(world: World) -> dict:
+    world.check_same("configuration", {"chunk": 512 if world.rank == 0 else 256})
+    return {}
+
+
+def run_sum(world: World) -> dict:
+    t = torch.full((2, 3), float(world.rank + 1), dtype=torch.float64)
+    world.all_sum([t])
+    return {"sum": t, "part": list(world.part(5))}
+
+
+SCENARIOS = {
+    "analyze": run_analyze,
+    "importance": run_importance,
+    "dies": run_dies,
+    "stalls": run_stalls,
+    "mismatch": run_mismatch,
+    "sum": run_sum,
+}
+
+
+def main() -> int:
+    name, out, *args = sys.argv[1:]
+    try:
+        world = init()
+        try:
+            result = SCENARIOS[name](world, *args)
+            torch.save(result, Path(out) / f"rank{world.rank}.pt")
+        finally:
+            shutdown()
+    except DistributedError as exc:
+        print(f"DistributedError: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
