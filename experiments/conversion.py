@@ -325,25 +325,113 @@ def report(res: Results, model: str) -> None:
             + " | ".join("—" if c is None else fmt.format(c["quality"]) for c in cells)
             + " |"
         )
-    runs = {k: v for k, v in d.items() if k.startswith("uptrain/") and v.get("finished")}
+    runs = {k: v for k, v in d.items() if k.startswith("uptrain/")}
     if runs:
         print(f"\n### {model}: uptraining\n")
-        print("| run | tokens | minutes | before | after | after / base |")
-        print("|---|---|---|---|---|---|")
+        print("| recipe | KV heads | method | tokens | minutes | before | after | after / base |")
+        print("|---|---|---|---|---|---|---|---|")
         for k, v in sorted(runs.items()):
-            recipe = k.split("/")[1]
+            _, recipe, kv, method = k.split("/")
             base = d.get(f"uptrain/{recipe}/base/base")
-            after = v["points"][-1][1]
+            tokens, after, minutes = v["points"][-1]
             ratio = (
                 "—"
                 if base is None or model == "minilm"
                 else f"{after / base['points'][-1][1]:.2f}×"
             )
+            note = "" if v.get("finished") else " (stopped)"
             print(
-                f"| {k} | {v['tokens']:,} | {v['minutes']} | {fmt.format(v['points'][0][1])} | "
-                f"{fmt.format(after)} | {ratio} |"
+                f"| {recipe} | {kv} | {method} | {tokens:,}{note} | {minutes} | "
+                f"{fmt.format(v['points'][0][1])} | {fmt.format(after)} | {ratio} |"
             )
-        plot(runs, model, d["original"]["quality"])
+        plot(runs, model, orig)
+    tradeoff(d, model, kvs, fmt)
+
+
+def tradeoff(d: dict[str, Any], name: str, kvs: list[str], fmt: str) -> None:
+    """One row per KV-head count: memory, parameters, quality before / after, decode speed."""
+    model = headcount.load(name)
+    speed = next((v for k, v in d.items() if k.startswith("speed/")), None)
+    ctx = next((k.split("/")[1] for k in d if k.startswith("speed/")), "")
+    H = sorted({a.n_heads for a in model.attention_layers()})
+    rows = []
+    for kv in [None, *kvs]:
+        m = model if kv is None else convert(model, kv_arg(kv)[0], "mean")
+        layers = m.attention_layers()
+        D = m.config.head_dim
+        per_tok = sum(kv_cache_bytes(1, a.n_kv_heads, D, 1, dtype="float16") for a in layers)
+        at_8k = sum(kv_cache_bytes(1, a.n_kv_heads, D, 8192, dtype="float16") for a in layers)
+        S = min(8192, m.max_len)  # allocated cache at 8K, or at the model's whole context
+        alloc = m.half().new_cache(1, S).nbytes
+        at_s = sum(kv_cache_bytes(1, a.n_kv_heads, D, S, dtype="float16") for a in layers)
+        G = sorted({a.n_kv_heads for a in layers})
+        key = "orig" if kv is None else kv
+        after = {
+            meth: max(
+                (
+                    v
+                    for k, v in d.items()
+                    if k.startswith("uptrain/") and k.endswith(f"/{kv}/{meth}")
+                ),
+                key=lambda v: v["points"][-1][0],
+                default=None,
+            )
+            for meth in ("fit", "mean")
+        }
+        if kv is None:
+            base = max(
+                (v for k, v in d.items() if k.endswith("/base/base")),
+                key=lambda v: v["points"][-1][0],
+                default=None,
+            )
+            after = {"base": base}
+        sp = None if speed is None else speed["rows"].get(key)
+        rows.append(
+            {
+                "variant": ("original " if kv is None else "")
+                + ("MHA" if G == H else "MQA" if G == [1] else "GQA")
+                + f"-{'/'.join(map(str, G))}",
+                "kv_heads": "/".join(map(str, G)),
+                "per_tok": per_tok,
+                "at_8k": at_8k,
+                "alloc": alloc,
+                "at_s": at_s,
+                "S": S,
+                "params": sum(p.numel() for p in m.parameters()),
+                "before": d["original"]["quality"]
+                if kv is None
+                else {mm: d.get(f"before/{kv}/{mm}", {}).get("quality") for mm in ("fit", "mean")},
+                "after": {
+                    k2: (v["points"][-1][1], v["points"][-1][0]) for k2, v in after.items() if v
+                },
+                "tok_s": None if sp is None else sp["decode_tok_s"],
+            }
+        )
+    print(f"\n### {name}: the trade-off (KV cache in fp16; decode at {ctx or '—'} tokens)\n")
+    print(
+        "| variant | KV bytes / token | KV at 8K | allocated cache = computed | parameters | "
+        "before uptraining (fit / mean) | after uptraining | decode tok/s fp32 / bf16 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        before = (
+            fmt.format(r["before"])
+            if not isinstance(r["before"], dict)
+            else " / ".join("—" if v is None else fmt.format(v) for v in r["before"].values())
+        )
+        after = "; ".join(
+            f"{k}: {fmt.format(q)} ({t // 1000}K tok)" for k, (q, t) in r["after"].items()
+        )
+        same = "✓" if r["at_s"] == r["alloc"] else f"✗ ({r['alloc']:,} allocated)"
+        tok = (
+            "—"
+            if r["tok_s"] is None
+            else f"{r['tok_s']['float32']:.1f} / {r['tok_s']['bfloat16']:.1f}"
+        )
+        print(
+            f"| {r['variant']} | {r['per_tok']:,} | {r['at_8k'] / 2**20:.1f} MiB | "
+            f"{same} at {r['S']:,} | {r['params'] / 1e6:.2f} M | {before} | {after or '—'} | {tok} |"
+        )
 
 
 def plot(runs: dict[str, Any], model: str, orig: float) -> None:
