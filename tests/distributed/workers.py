@@ -96,6 +96,50 @@ def run_sum(world: World) -> dict:
     return {"sum": t, "part": list(world.part(5))}
 
 
+# ----------------------------------------------------------------------------- tensor parallel
+def tp_model(kind: str) -> torch.nn.Module:
+    """``llama``: 2 layers of 9 query heads over 3 KV groups (SmolLM2's shape, tiny);
+    ``pruned``: the same with heads removed, groups of different sizes per layer."""
+    from tests.prune.conftest import tiny_decoder
+
+    model = tiny_decoder(n_layers=2, n_heads=9, n_kv_heads=3, d_ff=48, max_len=32)
+    if kind == "pruned":
+        from headcount.prune import remove_heads
+
+        keep = [torch.ones(9, dtype=torch.bool) for _ in range(2)]
+        keep[0][[0, 3, 4, 8]] = False  # groups of 2, 1, 2 query heads
+        keep[1][[0, 1, 3, 4]] = False  # groups of 1, 1, 3
+        model = remove_heads(model, keep)
+    return model
+
+
+def tp_ids() -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, 40, (2, 12), generator=g)  # (B, T)
+
+
+def tp_logits(model: torch.nn.Module) -> dict:
+    """Logits of a prefill of all 12 ids, and of a prefill of 8 then 4 cached decode steps."""
+    ids = tp_ids()
+    with torch.no_grad():
+        full = model(ids).logits  # (B, 12, V)
+        cache = model.new_cache(batch_size=2, max_len=16)
+        steps = [model(ids[:, :8], cache=cache).logits]
+        for t in range(8, 12):
+            steps.append(model(ids[:, t : t + 1], cache=cache).logits)
+    kv = [c.k.shape[1] for c in cache]  # KV heads this rank caches, per layer
+    return {"prefill": full, "decode": torch.cat(steps, dim=1), "kv_heads": kv}
+
+
+def run_tp(world: World, kind: str, split: str) -> dict:
+    from headcount.distributed.tensor_parallel import shard_heads
+
+    model = shard_heads(tp_model(kind), world, split=split)  # type: ignore[arg-type]
+    out = tp_logits(model)
+    out["heads"] = [list(a.heads) for a in model.attention_layers()]  # type: ignore[attr-defined]
+    return out
+
+
 SCENARIOS = {
     "analyze": run_analyze,
     "importance": run_importance,
@@ -103,6 +147,7 @@ SCENARIOS = {
     "stalls": run_stalls,
     "mismatch": run_mismatch,
     "sum": run_sum,
+    "tp": run_tp,
 }
 
 
