@@ -38,7 +38,7 @@ def base_env(**extra: str) -> dict[str, str]:
     env.update(
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src"), env.get("PYTHONPATH", "")]),
-        HEADCOUNT_DIST_TIMEOUT="20",
+        HEADCOUNT_DIST_TIMEOUT="60",
     )
     env.update(extra)
     return env
@@ -50,11 +50,13 @@ def run_ranks(
     out: Path,
     *args: str,
     start: Sequence[int] | None = None,
-    deadline: float = 90.0,
-    timeout: float = 20.0,
+    deadline: float = 240.0,
+    timeout: float = 60.0,
 ) -> list[Rank]:
     """Run ranks ``start`` (default all ``n``) of ``worker`` with WORLD_SIZE=n; every process is
-    killed at ``deadline`` seconds if still running. Returns one `Rank` per started rank."""
+    killed at ``deadline`` seconds if still running. Returns one `Rank` per started rank.
+    ``timeout``: the process group's, generous by default: on a loaded machine the ranks may
+    take many seconds to import torch and reach the rendezvous."""
     port = free_port()
     procs: list[tuple[int, subprocess.Popen[str]]] = []
     for r in start if start is not None else range(n):

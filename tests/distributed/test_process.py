@@ -30,10 +30,10 @@ def test_a_rank_that_dies_fails_the_others(tmp_path: Path) -> None:
 
 def test_a_rank_that_stalls_times_out(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    ranks = run_ranks(2, "stalls", tmp_path, timeout=3, deadline=60)
+    ranks = run_ranks(2, "stalls", tmp_path, timeout=10, deadline=90)
     assert [r.returncode for r in ranks] == [3, 3]  # rank 1 fails too once it comes back
-    assert "timeout of 3 s" in ranks[0].stderr and "Timed out" in ranks[0].stderr
-    assert time.monotonic() - t0 < 60
+    assert "timeout of 10 s" in ranks[0].stderr and "Timed out" in ranks[0].stderr
+    assert time.monotonic() - t0 < 90
 
 
 def test_a_rank_that_never_starts(tmp_path: Path) -> None:
