@@ -73,3 +73,21 @@ def test_logits_equal_one_process(
         assert [len(plan_layer(a.group_sizes, n, r).groups) for r in range(n)] == [
             kv_heads[r][layer] for r in range(n)
         ]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_analysis_of_a_sharded_model(tmp_path: Path, n: int) -> None:
+    """Each rank scores its heads (GQA 6/2, MHA 4/4, MQA 3/1 layers); the gathered tables,
+    KV groups and roles equal the one-process analysis."""
+    from headcount.heads import analyze
+
+    check_ok(run_ranks(n, "tp_analyze", tmp_path))
+    model = workers.analysis_model(d_ff=48)
+    ref = analyze(model, workers.TEXT, config=workers.analysis_config(60))  # type: ignore[arg-type]
+    for r in range(n):
+        got = torch.load(tmp_path / f"rank{r}.pt")
+        assert got["scores"].keys() == ref.scores.keys()
+        for name, t in ref.scores.items():
+            torch.testing.assert_close(got["scores"][name], t, rtol=1e-4, atol=1e-5, equal_nan=True)
+        assert got["kv_groups"] == ref.kv_groups
+        assert got["roles"] == ref.roles

@@ -25,12 +25,12 @@ TEXT = (
 )
 
 
-def analysis_model() -> torch.nn.Module:
+def analysis_model(**overrides: object) -> torch.nn.Module:
     """A tiny Llama-shaped decoder (GQA, MHA, MQA layers) over ASCII characters."""
     from tests.heads.conftest import CharTokenizer
     from tests.prune.conftest import tiny_decoder
 
-    model = tiny_decoder(vocab_size=128, max_len=64)
+    model = tiny_decoder(vocab_size=128, max_len=64, **overrides)
     model.set_tokenizer(CharTokenizer())  # type: ignore[arg-type]
     return model
 
@@ -140,7 +140,17 @@ def run_tp(world: World, kind: str, split: str) -> dict:
     return out
 
 
+def run_tp_analyze(world: World) -> dict:
+    """Analysis of the model of `analysis_model` (d_ff 48) sharded over the ranks."""
+    from headcount.distributed.tensor_parallel import analyze_sharded, shard_heads
+
+    model = shard_heads(analysis_model(d_ff=48), world)  # type: ignore[arg-type]
+    res = analyze_sharded(model, TEXT, world, config=analysis_config(60))
+    return {"scores": res.scores, "kv_groups": res.kv_groups, "roles": res.roles}
+
+
 SCENARIOS = {
+    "tp_analyze": run_tp_analyze,
     "analyze": run_analyze,
     "importance": run_importance,
     "dies": run_dies,

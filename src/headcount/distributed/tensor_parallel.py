@@ -241,3 +241,47 @@ def shard_heads(model: Decoder, world: World, *, split: Split = "auto") -> Decod
     )
     model.head_shards = shards  # type: ignore[assignment]
     return model
+
+
+def analyze_sharded(model: Decoder, text: str, world: World, **kwargs: Any) -> Any:
+    """`headcount.heads.analyze` on a model `shard_heads` split: every rank runs the same passes
+    and scores its own heads; the tables are gathered into whole-model ``(L, H_max)`` tables with
+    the global head numbers, and the roles assigned on them. Every rank returns the result;
+    ``patterns`` (thumbnails) are left empty. ``kwargs`` go to ``analyze``."""
+    from headcount.heads import analyze
+    from headcount.heads.roles import assign_roles
+
+    shards: list[LayerShard] | None = getattr(model, "head_shards", None)
+    if shards is None:
+        raise ConfigError("the model is not sharded: call shard_heads first")
+    local = analyze(model, text, world=World(), **kwargs)  # same passes on every rank
+    parts = world.gather((local.scores, local.syntax, local.kv_groups))
+    all_heads = world.gather([s.heads for s in shards])  # [rank][layer] global query heads
+    all_groups = world.gather([s.groups for s in shards])  # [rank][layer] global KV heads
+    total = [
+        sum(len(all_heads[r][layer]) for r in range(world.size)) for layer in range(len(shards))
+    ]
+
+    def merge(tables: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in tables[0]:
+            t = torch.full((len(total), max(total)), float("nan"), dtype=torch.float64)
+            for r, tab in enumerate(tables):
+                for layer, hs in enumerate(all_heads[r]):
+                    t[layer, hs.start : hs.stop] = tab[name][layer, : len(hs)]
+            out[name] = t
+        return out
+
+    local.scores = merge([p[0] for p in parts])
+    local.syntax = merge([p[1] for p in parts]) if local.syntax else {}
+    local.kv_groups = [
+        [all_groups[r][layer].start + g for r in range(world.size) for g in parts[r][2][layer]]
+        for layer in range(len(total))
+    ]
+    local.heads_per_layer = total
+    local.roles = assign_roles(
+        local.scores, total, local.syntax, local.syntax_counts, local.syntax_baseline
+    )
+    local.patterns = []
+    local.meta["head_parallel"] = world.size
+    return local
