@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from headcount.errors import CheckpointError, ShapeError
@@ -30,6 +32,12 @@ class TensorSource(Protocol):
     def keys(self) -> Iterable[str]: ...
 
     def get(self, name: str) -> Tensor: ...
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The tensor's shape in headcount's ``(out, in)`` layout, read without its data."""
+        ...
+
+    # optional: ``file_of(name)``, the file holding a tensor, when ``path`` is a folder
 
 
 # A transform gets the source tensors of one rule, the config and the layer index (-1 = global).
@@ -122,13 +130,15 @@ class Rule:
     """``target`` (a headcount state-dict key) = ``transform(sources)``.
 
     ``when`` names a config attribute that must be true for the rule to apply (``"!name"``:
-    must be false), e.g. biases that only some checkpoints of a family have.
+    must be false), e.g. biases that only some checkpoints of a family have. ``shapes``: the
+    shape of each source, in `DIMS` symbols (``("F", "C")``); checked before any data is read.
     """
 
     target: str
     sources: tuple[str, ...]
     transform: str = "copy"
     when: str | None = None
+    shapes: tuple[tuple[str, ...], ...] = ()
 
     def applies(self, cfg: Any) -> bool:
         if self.when is None:
@@ -146,14 +156,22 @@ class Family:
     ignore: tuple[str, ...] = ()  # regexes of checkpoint tensors dropped on purpose
 
 
-def _lin(target: str, source: str, bias: str | None = None) -> tuple[Rule, ...]:
-    """weight (and bias, under the condition ``bias``; "always" = unconditional) of one Linear."""
-    rules = [Rule(f"{target}.weight", (f"{source}.weight",))]
+def _lin(
+    target: str, source: str, bias: str | None, out: str, inp: str | None = None
+) -> tuple[Rule, ...]:
+    """weight ``(out, inp)`` (and bias ``(out,)``, under the condition ``bias``; "always" =
+    unconditional) of one Linear; without ``inp``, a norm's weight and bias ``(out,)``."""
+    shape = (out,) if inp is None else (out, inp)
+    rules = [Rule(f"{target}.weight", (f"{source}.weight",), shapes=(shape,))]
     if bias is not None:
-        rules.append(
-            Rule(f"{target}.bias", (f"{source}.bias",), when=None if bias == "always" else bias)
-        )
+        when = None if bias == "always" else bias
+        rules.append(Rule(f"{target}.bias", (f"{source}.bias",), when=when, shapes=((out,),)))
     return tuple(rules)
+
+
+def _one(target: str, source: str, *shape: str, transform: str = "copy") -> Rule:
+    """A rule copying (or transforming) one tensor of ``shape``."""
+    return Rule(target, (source,), transform, shapes=(shape,))
 
 
 def _qkv_rules(
@@ -164,6 +182,7 @@ def _qkv_rules(
             "layers.{i}.attn.qkv_proj.weight",
             tuple(f"{prefix}.{n}.weight" for n in names),
             transform,
+            shapes=(("HD", "C"), ("GD", "C"), ("GD", "C")),
         )
     ]
     if bias_when is not None:
@@ -173,6 +192,7 @@ def _qkv_rules(
                 tuple(f"{prefix}.{n}.bias" for n in names),
                 transform,
                 None if bias_when == "always" else bias_when,
+                shapes=(("HD",), ("GD",), ("GD",)),
             )
         )
     return tuple(rules)
@@ -181,23 +201,24 @@ def _qkv_rules(
 LLAMA_HF = Family(
     name="llama (HF safetensors)",
     rules=(
-        Rule("embed.weight", ("model.embed_tokens.weight",)),
-        Rule("norm.weight", ("model.norm.weight",)),
-        Rule("lm_head.weight", ("lm_head.weight",), when="!tie_embeddings"),
+        _one("embed.weight", "model.embed_tokens.weight", "V", "C"),
+        _one("norm.weight", "model.norm.weight", "C"),
+        Rule("lm_head.weight", ("lm_head.weight",), when="!tie_embeddings", shapes=(("V", "C"),)),
     ),
     layer_rules=(
-        Rule("layers.{i}.attn_norm.weight", ("model.layers.{i}.input_layernorm.weight",)),
+        _one("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", "C"),
         *_qkv_rules(
             "model.layers.{i}.self_attn", ("q_proj", "k_proj", "v_proj"), "qkv", "qkv_bias"
         ),
-        *_lin("layers.{i}.attn.o_proj", "model.layers.{i}.self_attn.o_proj", "o_bias"),
-        Rule("layers.{i}.mlp_norm.weight", ("model.layers.{i}.post_attention_layernorm.weight",)),
+        *_lin("layers.{i}.attn.o_proj", "model.layers.{i}.self_attn.o_proj", "o_bias", "C", "HD"),
+        _one("layers.{i}.mlp_norm.weight", "model.layers.{i}.post_attention_layernorm.weight", "C"),
         Rule(
             "layers.{i}.mlp.gate_up.weight",
             ("model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
             "fuse",
+            shapes=(("F", "C"), ("F", "C")),
         ),
-        Rule("layers.{i}.mlp.down.weight", ("model.layers.{i}.mlp.down_proj.weight",)),
+        _one("layers.{i}.mlp.down.weight", "model.layers.{i}.mlp.down_proj.weight", "C", "F"),
     ),
     # rotary buffers some exports keep; an lm_head saved next to tied embeddings is the same matrix
     ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", r"lm_head\.weight"),
@@ -206,21 +227,22 @@ LLAMA_HF = Family(
 LLAMA_GGUF = Family(
     name="llama (GGUF)",
     rules=(
-        Rule("embed.weight", ("token_embd.weight",)),
-        Rule("norm.weight", ("output_norm.weight",)),
-        Rule("lm_head.weight", ("output.weight",), when="!tie_embeddings"),
+        _one("embed.weight", "token_embd.weight", "V", "C"),
+        _one("norm.weight", "output_norm.weight", "C"),
+        Rule("lm_head.weight", ("output.weight",), when="!tie_embeddings", shapes=(("V", "C"),)),
     ),
     layer_rules=(
-        Rule("layers.{i}.attn_norm.weight", ("blk.{i}.attn_norm.weight",)),
+        _one("layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight", "C"),
         *_qkv_rules("blk.{i}", ("attn_q", "attn_k", "attn_v"), "gguf_qkv", "qkv_bias"),
-        *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias"),
-        Rule("layers.{i}.mlp_norm.weight", ("blk.{i}.ffn_norm.weight",)),
+        *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias", "C", "HD"),
+        _one("layers.{i}.mlp_norm.weight", "blk.{i}.ffn_norm.weight", "C"),
         Rule(
             "layers.{i}.mlp.gate_up.weight",
             ("blk.{i}.ffn_gate.weight", "blk.{i}.ffn_up.weight"),
             "fuse",
+            shapes=(("F", "C"), ("F", "C")),
         ),
-        Rule("layers.{i}.mlp.down.weight", ("blk.{i}.ffn_down.weight",)),
+        _one("layers.{i}.mlp.down.weight", "blk.{i}.ffn_down.weight", "C", "F"),
     ),
 )
 
@@ -230,51 +252,146 @@ LLAMA_GGUF = Family(
 GEMMA3_GGUF = Family(
     name="gemma3 (GGUF)",
     rules=(
-        Rule("embed.weight", ("token_embd.weight",)),
-        Rule("norm.weight", ("output_norm.weight",), "gemma_norm"),
-        Rule("lm_head.weight", ("output.weight",), when="!tie_embeddings"),
+        _one("embed.weight", "token_embd.weight", "V", "C"),
+        _one("norm.weight", "output_norm.weight", "C", transform="gemma_norm"),
+        Rule("lm_head.weight", ("output.weight",), when="!tie_embeddings", shapes=(("V", "C"),)),
     ),
     layer_rules=(
-        Rule("layers.{i}.attn_norm.weight", ("blk.{i}.attn_norm.weight",), "gemma_norm"),
-        *_qkv_rules("blk.{i}", ("attn_q", "attn_k", "attn_v"), "qkv", "qkv_bias"),
-        Rule("layers.{i}.attn.q_norm.weight", ("blk.{i}.attn_q_norm.weight",), "gemma_norm"),
-        Rule("layers.{i}.attn.k_norm.weight", ("blk.{i}.attn_k_norm.weight",), "gemma_norm"),
-        *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias"),
-        Rule(
-            "layers.{i}.post_attn_norm.weight",
-            ("blk.{i}.post_attention_norm.weight",),
-            "gemma_norm",
+        _one(
+            "layers.{i}.attn_norm.weight", "blk.{i}.attn_norm.weight", "C", transform="gemma_norm"
         ),
-        Rule("layers.{i}.mlp_norm.weight", ("blk.{i}.ffn_norm.weight",), "gemma_norm"),
+        *_qkv_rules("blk.{i}", ("attn_q", "attn_k", "attn_v"), "qkv", "qkv_bias"),
+        _one(
+            "layers.{i}.attn.q_norm.weight",
+            "blk.{i}.attn_q_norm.weight",
+            "D",
+            transform="gemma_norm",
+        ),
+        _one(
+            "layers.{i}.attn.k_norm.weight",
+            "blk.{i}.attn_k_norm.weight",
+            "D",
+            transform="gemma_norm",
+        ),
+        *_lin("layers.{i}.attn.o_proj", "blk.{i}.attn_output", "o_bias", "C", "HD"),
+        _one(
+            "layers.{i}.post_attn_norm.weight",
+            "blk.{i}.post_attention_norm.weight",
+            "C",
+            transform="gemma_norm",
+        ),
+        _one("layers.{i}.mlp_norm.weight", "blk.{i}.ffn_norm.weight", "C", transform="gemma_norm"),
         Rule(
             "layers.{i}.mlp.gate_up.weight",
             ("blk.{i}.ffn_gate.weight", "blk.{i}.ffn_up.weight"),
             "fuse",
+            shapes=(("F", "C"), ("F", "C")),
         ),
-        Rule("layers.{i}.mlp.down.weight", ("blk.{i}.ffn_down.weight",)),
-        Rule("layers.{i}.post_mlp_norm.weight", ("blk.{i}.post_ffw_norm.weight",), "gemma_norm"),
+        _one("layers.{i}.mlp.down.weight", "blk.{i}.ffn_down.weight", "C", "F"),
+        _one(
+            "layers.{i}.post_mlp_norm.weight",
+            "blk.{i}.post_ffw_norm.weight",
+            "C",
+            transform="gemma_norm",
+        ),
     ),
+)
+
+# Gemma 3 in HF's layout (Gemma3ForCausalLM): the names headcount saves a Gemma 3 model under.
+# HF keeps the RMSNorm weights as w (applied as 1 + w), as headcount does: no transform.
+GEMMA3_HF = Family(
+    name="gemma3 (HF safetensors)",
+    rules=LLAMA_HF.rules,
+    layer_rules=(
+        _one("layers.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight", "C"),
+        *_qkv_rules(
+            "model.layers.{i}.self_attn", ("q_proj", "k_proj", "v_proj"), "qkv", "qkv_bias"
+        ),
+        _one("layers.{i}.attn.q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight", "D"),
+        _one("layers.{i}.attn.k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight", "D"),
+        *_lin("layers.{i}.attn.o_proj", "model.layers.{i}.self_attn.o_proj", "o_bias", "C", "HD"),
+        _one(
+            "layers.{i}.post_attn_norm.weight",
+            "model.layers.{i}.post_attention_layernorm.weight",
+            "C",
+        ),
+        _one(
+            "layers.{i}.mlp_norm.weight", "model.layers.{i}.pre_feedforward_layernorm.weight", "C"
+        ),
+        Rule(
+            "layers.{i}.mlp.gate_up.weight",
+            ("model.layers.{i}.mlp.gate_proj.weight", "model.layers.{i}.mlp.up_proj.weight"),
+            "fuse",
+            shapes=(("F", "C"), ("F", "C")),
+        ),
+        _one("layers.{i}.mlp.down.weight", "model.layers.{i}.mlp.down_proj.weight", "C", "F"),
+        _one(
+            "layers.{i}.post_mlp_norm.weight",
+            "model.layers.{i}.post_feedforward_layernorm.weight",
+            "C",
+        ),
+    ),
+    ignore=LLAMA_HF.ignore,
 )
 
 BERT_HF = Family(
     name="bert (HF safetensors)",
     rules=(
-        Rule("embeddings.tokens.weight", ("embeddings.word_embeddings.weight",)),
-        Rule("embeddings.positions.weight", ("embeddings.position_embeddings.weight",)),
-        Rule("embeddings.token_types.weight", ("embeddings.token_type_embeddings.weight",)),
-        *_lin("embeddings.norm", "embeddings.LayerNorm", "always"),
+        _one("embeddings.tokens.weight", "embeddings.word_embeddings.weight", "V", "C"),
+        _one("embeddings.positions.weight", "embeddings.position_embeddings.weight", "P", "C"),
+        _one("embeddings.token_types.weight", "embeddings.token_type_embeddings.weight", "Y", "C"),
+        *_lin("embeddings.norm", "embeddings.LayerNorm", "always", "C"),
     ),
     layer_rules=(
         *_qkv_rules("encoder.layer.{i}.attention.self", ("query", "key", "value"), "qkv", "always"),
-        *_lin("layers.{i}.attn.o_proj", "encoder.layer.{i}.attention.output.dense", "always"),
-        *_lin("layers.{i}.attn_norm", "encoder.layer.{i}.attention.output.LayerNorm", "always"),
-        *_lin("layers.{i}.mlp.up", "encoder.layer.{i}.intermediate.dense", "always"),
-        *_lin("layers.{i}.mlp.down", "encoder.layer.{i}.output.dense", "always"),
-        *_lin("layers.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm", "always"),
+        *_lin(
+            "layers.{i}.attn.o_proj",
+            "encoder.layer.{i}.attention.output.dense",
+            "always",
+            "C",
+            "HD",
+        ),
+        *_lin(
+            "layers.{i}.attn_norm", "encoder.layer.{i}.attention.output.LayerNorm", "always", "C"
+        ),
+        *_lin("layers.{i}.mlp.up", "encoder.layer.{i}.intermediate.dense", "always", "F", "C"),
+        *_lin("layers.{i}.mlp.down", "encoder.layer.{i}.output.dense", "always", "C", "F"),
+        *_lin("layers.{i}.mlp_norm", "encoder.layer.{i}.output.LayerNorm", "always", "C"),
     ),
     # the position-id buffer, the pooler and pre-training heads are not part of the encoder
     ignore=(r"embeddings\.position_ids", r"pooler\..*", r"cls\..*"),
 )
+
+# The symbols of `Rule.shapes`: config sizes, per layer where heads differ between layers.
+DIMS: dict[str, str] = {
+    "V": "vocab_size",
+    "C": "d_model",
+    "F": "d_ff",
+    "D": "head_dim",
+    "HD": "n_heads*head_dim",
+    "GD": "n_kv_heads*head_dim",
+    "P": "max_len",
+    "Y": "type_vocab_size",
+}
+
+
+def _dim(symbol: str, cfg: Any, i: int) -> int:
+    if symbol == "HD":
+        return int(cfg.n_heads[i]) * int(cfg.head_dim)
+    if symbol == "GD":
+        return int(cfg.n_kv_heads[i]) * int(cfg.head_dim)
+    return int(getattr(cfg, DIMS[symbol]))
+
+
+def expected_shapes(rule: Rule, cfg: Any, i: int) -> list[tuple[int, ...] | None]:
+    """The shape each source of ``rule`` must have under ``cfg`` in layer ``i`` (None: unchecked)."""
+    if not rule.shapes:
+        return [None] * len(rule.sources)
+    return [tuple(_dim(s, cfg, i) for s in shape) for shape in rule.shapes]
+
+
+def _shape_note(symbols: tuple[str, ...], cfg: Any, i: int) -> str:
+    return ", ".join(f"{DIMS[s]}={_dim(s, cfg, i)}" for s in symbols)
 
 
 def _plan(family: Family, cfg: Any) -> list[tuple[Rule, str, tuple[str, ...], int]]:
@@ -289,8 +406,15 @@ def _plan(family: Family, cfg: Any) -> list[tuple[Rule, str, tuple[str, ...], in
 
 
 def apply_family(family: Family, cfg: Any, source: TensorSource) -> dict[str, Tensor]:
-    """Build headcount's state dict from ``source``; raise listing every missing/unexpected tensor."""
+    """Build headcount's state dict from ``source``; raise listing every missing/unexpected tensor
+    and every tensor whose shape the config does not give, then refuse the first tensor with a
+    NaN or an infinity (after dequantisation), naming it."""
     available = set(source.keys())
+    if cfg.n_layers > len(available):  # before planning n_layers layers of rules
+        raise CheckpointError(
+            f"{source.path}: the config has {cfg.n_layers} layers but the file only "
+            f"{len(available)} tensors"
+        )
     plan = _plan(family, cfg)
     needed = {s for _, _, sources, _ in plan for s in sources}
     missing = sorted(needed - available, key=_natural)
@@ -307,13 +431,66 @@ def apply_family(family: Family, cfg: Any, source: TensorSource) -> dict[str, Te
         if unexpected:
             lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
         raise CheckpointError("\n".join(lines))
+    _check_shapes(plan, cfg, source)
+    file_of = getattr(source, "file_of", lambda name: source.path)
     state: dict[str, Tensor] = {}
     for rule, target, sources, i in plan:
+        tensors = [_finite(source.get(s), s, file_of(s)) for s in sources]
         try:
-            state[target] = TRANSFORMS[rule.transform]([source.get(s) for s in sources], cfg, i)
+            state[target] = TRANSFORMS[rule.transform](tensors, cfg, i)
         except ShapeError as exc:
             raise CheckpointError(f"{source.path}: {', '.join(sources)}: {exc}") from exc
     return state
+
+
+def _check_shapes(
+    plan: list[tuple[Rule, str, tuple[str, ...], int]], cfg: Any, source: TensorSource
+) -> None:
+    """Every source tensor has the shape its rule gives under ``cfg``; all mismatches at once."""
+    shape_of = getattr(source, "shape", None)
+    if shape_of is None:
+        return
+    wrong = []
+    for rule, _, sources, i in plan:
+        for k, (name, want) in enumerate(zip(sources, expected_shapes(rule, cfg, i), strict=True)):
+            found = tuple(int(n) for n in shape_of(name))
+            if want is None or found == want:
+                continue
+            hint = "; transposed?" if found == want[::-1] else ""
+            wrong.append(
+                f"{name}: expected {want} ({_shape_note(rule.shapes[k], cfg, i)}), found {found}{hint}"
+            )
+    if wrong:
+        raise CheckpointError(
+            f"{source.path}: {len(wrong)} tensors do not have the shapes the config gives\n  "
+            + "\n  ".join(wrong)
+        )
+
+
+def _finite(t: Tensor, name: str, path: str) -> Tensor:
+    """``t``, refused if it holds a NaN or an infinity.
+
+    Checked in chunks of 4M values (no full-size temporary) with numpy, which on a busy 2-core
+    machine ran ~10x faster than ``torch.isfinite`` (about half the cost of copying the tensor).
+    """
+    if not t.is_floating_point():
+        return t
+    flat = t.detach().reshape(-1)
+    if flat.device.type == "cpu" and flat.dtype == torch.float32:
+        arr = flat.numpy()
+        ok = all(np.isfinite(arr[k : k + _CHUNK]).all() for k in range(0, arr.size, _CHUNK))
+    else:
+        ok = all(bool(torch.isfinite(part).all()) for part in flat.split(_CHUNK))
+    if not ok:
+        bad = int((~torch.isfinite(flat)).sum())
+        raise CheckpointError(
+            f"{path}: tensor {name} has {bad:,} NaN or infinite values of {flat.numel():,}; "
+            "the file is corrupt"
+        )
+    return t
+
+
+_CHUNK = 1 << 22
 
 
 def unapply_family(family: Family, cfg: Any, state: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from typing import Any
 from headcount.errors import CheckpointError, ConfigError
 from headcount.loaders.config import DecoderConfig, EncoderConfig
 from headcount.loaders.families import apply_family
+from headcount.loaders.fields import as_int, check_layer_count, shown
 from headcount.loaders.gguf_reader import Checkpoint
 from headcount.loaders.hf_reader import HF_FAMILIES, _SafetensorsFiles
 from headcount.loaders.tokenizer import Tokenizer, tokenizer_from_file
@@ -60,14 +61,20 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def saved_config(meta: dict[str, Any], path: Path) -> DecoderConfig | EncoderConfig:
-    """The model config stored in ``headcount.json`` (``path`` names the file in errors)."""
+def saved_config(
+    meta: dict[str, Any], path: Path, n_tensors: int | None = None
+) -> DecoderConfig | EncoderConfig:
+    """The model config stored in ``headcount.json`` (``path`` names the file in errors);
+    ``n_tensors`` (in the weights, when known) bounds its layer count."""
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or cfg.get("kind") not in CONFIGS:
         kind = cfg.get("kind") if isinstance(cfg, dict) else None
         raise CheckpointError(
-            f"{path}: config must be an object with kind {' or '.join(map(repr, CONFIGS))}, got {kind!r}"
+            f"{path}: config must be an object with kind {' or '.join(map(repr, CONFIGS))}, got {shown(kind)}"
         )
+    if n_tensors is not None:
+        n_layers = as_int(cfg.get("n_layers"), f"{path}: config.n_layers", minimum=1)
+        check_layer_count(n_layers, n_tensors, f"{path}: config.n_layers")
     try:
         config = CONFIGS[cfg["kind"]].from_dict(cfg)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -103,14 +110,15 @@ def read_saved_folder(folder: str | Path) -> Checkpoint:
     """Config, float32 state dict (headcount layout) and tokenizer of a folder ``model.save`` wrote."""
     folder = Path(folder)
     meta = read_meta(folder)
-    config = saved_config(meta, folder / META)
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: no such file; a saved headcount model needs it")
     tensors = _SafetensorsFiles([weights], weights)  # errors name the file
+    config = saved_config(meta, folder / META, len(tensors.keys()))
     state = apply_family(HF_FAMILIES[config.architecture], config, tensors)
     tokenizer, why = _tokenizer(folder, meta)
     extra: dict[str, Any] = {"weights": str(weights), "saved_from": meta.get("source")}
     if meta.get("max_seq_length") is not None:
-        extra["max_seq_length"] = meta["max_seq_length"]
+        where = f"{folder / META}: max_seq_length"
+        extra["max_seq_length"] = as_int(meta["max_seq_length"], where, minimum=1)
     return Checkpoint(config, state, tokenizer, str(folder), tokenizer_error=why, extra=extra)

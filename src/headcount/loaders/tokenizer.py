@@ -20,12 +20,13 @@ whole in the text (Gemma's ``\\n\\n``, tabs, HTML tags) but are not special, so 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from headcount.errors import CheckpointError
 from headcount.loaders.chat import FAMILY_TEMPLATES, ChatFormat, chat_format
+from headcount.loaders.fields import as_bool, as_str, shown, token_id
 
 # llama.cpp's pre-tokenizer regexes per GGUF ``tokenizer.ggml.pre`` (llama-vocab.cpp); each runs
 # in order, splitting every piece further. The last one is GPT-2's byte-level split.
@@ -142,13 +143,19 @@ def tokenizer_from_gguf(fields: Mapping[str, Any], path: str) -> Tokenizer:
         raise CheckpointError(
             f"{path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model/tokens missing)"
         )
-    if kind not in GGUF_TOKENIZERS:
+    if not isinstance(kind, str) or kind not in GGUF_TOKENIZERS:
         raise CheckpointError(
-            f"{path}: tokenizer model {kind!r} is not supported; supported: "
+            f"{path}: tokenizer model {shown(kind)} is not supported; supported: "
             + ", ".join(f"{k!r} ({v.__doc__ or ''})".strip() for k, v in GGUF_TOKENIZERS.items())
         )
-    tokens: list[str] = list(fields["tokenizer.ggml.tokens"])
-    types = list(fields.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+    tokens = fields["tokenizer.ggml.tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(f"{path}: tokenizer.ggml.tokens must be a list of strings")
+    types = fields.get("tokenizer.ggml.token_type", [1] * len(tokens))
+    if not isinstance(types, list) or not all(
+        isinstance(k, int) and not isinstance(k, bool) for k in types
+    ):
+        raise CheckpointError(f"{path}: tokenizer.ggml.token_type must be a list of integers")
     if len(set(tokens)) != len(tokens):
         raise CheckpointError(f"{path}: the GGUF vocabulary has duplicate tokens")
     if len(types) != len(tokens):
@@ -174,18 +181,22 @@ def tokenizer_from_gguf(fields: Mapping[str, Any], path: str) -> Tokenizer:
     )
 
     def _id(key: str) -> int | None:
-        v = fields.get(key)
-        return None if v is None else int(v)
+        return token_id(fields.get(key), f"{path}: {key}", len(tokens))
 
     template = fields.get("tokenizer.chat_template")
-    if template is None:
+    if template is not None:
+        template = as_str(template, f"{path}: tokenizer.chat_template")
+    else:
         template = FAMILY_TEMPLATES.get(str(fields.get("general.architecture")))
     return Tokenizer(
         backend,
         bos_token_id=_id("tokenizer.ggml.bos_token_id"),
         eos_token_id=_id("tokenizer.ggml.eos_token_id"),
         pad_token_id=_id("tokenizer.ggml.padding_token_id"),
-        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+        add_bos=as_bool(
+            fields.get("tokenizer.ggml.add_bos_token", False),
+            f"{path}: tokenizer.ggml.add_bos_token",
+        ),
         chat_template=template,
         source=path,
     )
@@ -203,9 +214,14 @@ def _byte_level_bpe(
         raise CheckpointError(
             f"{path}: pre-tokenizer {pre!r} is not supported; supported: {', '.join(sorted(PRE_TOKENIZERS))}"
         )
-    merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges", [])]
     vocab = {t: i for i, t in enumerate(tokens)}
-    backend = Backend(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    merges = _merges(fields.get("tokenizer.ggml.merges", []), vocab, path)
+    backend = _build(
+        path,
+        lambda: Backend(
+            models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False)
+        ),
+    )
     splits: list[Any] = [
         pre_tokenizers.Split(Regex(r), behavior="isolated") for r in PRE_TOKENIZERS[pre][:-1]
     ]
@@ -228,28 +244,68 @@ def _sentencepiece_bpe(
     spelled = [SPACE * len(t) if t and not t.strip(" ") else t for t in tokens]
     if len(set(spelled)) != len(spelled):
         raise CheckpointError(f"{path}: respelling spaces as {SPACE!r} duplicates tokens")
+    vocab = {t: i for i, t in enumerate(spelled)}
     if "tokenizer.ggml.merges" in fields:
-        merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+        merges = _merges(fields["tokenizer.ggml.merges"], vocab, path)
     else:
         merges = merges_from_vocab(spelled)
-    unk = fields.get("tokenizer.ggml.unknown_token_id")
-    backend = Backend(
-        models.BPE(
-            vocab={t: i for i, t in enumerate(spelled)},
-            merges=merges,
-            unk_token=None if unk is None else spelled[int(unk)],
-            fuse_unk=True,
-            byte_fallback=True,
-        )
+    unk = token_id(
+        fields.get("tokenizer.ggml.unknown_token_id"),
+        f"{path}: tokenizer.ggml.unknown_token_id",
+        len(spelled),
+    )
+    backend = _build(
+        path,
+        lambda: Backend(
+            models.BPE(
+                vocab=vocab,
+                merges=merges,
+                unk_token=None if unk is None else spelled[unk],
+                fuse_unk=True,
+                byte_fallback=True,
+            )
+        ),
     )
     steps: list[Any] = [normalizers.Replace(" ", SPACE)]
-    if fields.get("tokenizer.ggml.add_space_prefix", False):
+    where = f"{path}: tokenizer.ggml.add_space_prefix"
+    if as_bool(fields.get("tokenizer.ggml.add_space_prefix", False), where):
         steps.insert(0, normalizers.Prepend(SPACE))
     backend.normalizer = normalizers.Sequence(steps)
     backend.decoder = decoders.Sequence(
         [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
     )
     return backend, spelled
+
+
+def _merges(value: Any, vocab: Mapping[str, int], path: str) -> list[tuple[str, str]]:
+    """``tokenizer.ggml.merges`` (``"left right"`` strings) as pairs, each of two tokens of the
+    vocabulary whose concatenation is one too (the tokenizers library refuses any other)."""
+    where = f"{path}: tokenizer.ggml.merges"
+    if not isinstance(value, list):
+        raise CheckpointError(f"{where} must be a list of strings, got {shown(value)}")
+    merges = []
+    for k, m in enumerate(value):
+        parts = m.split(" ", 1) if isinstance(m, str) else []
+        if len(parts) != 2:
+            raise CheckpointError(
+                f"{where}[{k}] must be two tokens separated by a space, got {shown(m)}"
+            )
+        left, right = parts
+        for t in (left, right, left + right):
+            if t not in vocab:
+                raise CheckpointError(
+                    f"{where}[{k}] = {m!r} names {t!r}, which is not in the vocabulary"
+                )
+        merges.append((left, right))
+    return merges
+
+
+def _build(path: str, make: Callable[[], Any]) -> Any:
+    """Call ``make`` (a tokenizers constructor); its errors (bare ``Exception``s) name the file."""
+    try:
+        return make()
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot build the tokenizer ({exc})") from exc
 
 
 def merges_from_vocab(tokens: Sequence[str]) -> list[tuple[str, str]]:

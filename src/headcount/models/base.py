@@ -5,12 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from headcount.errors import CheckpointError, ShapeError
 from headcount.loaders.tokenizer import Tokenizer
 from headcount.models.cache import ModelCache
 from headcount.nn import Attention
+
+
+def is_id_dtype(dtype: torch.dtype) -> bool:
+    """Whether a tensor of ``dtype`` can hold token ids: an integer type (not bool, not float:
+    ``int()`` would silently truncate 1.7 to 1)."""
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 class TextModel(nn.Module):
@@ -92,7 +99,7 @@ class TextModel(nn.Module):
         return [cast(Attention, layer.attn) for layer in self.layers]
 
     def _check_ids(self, input_ids: Tensor, past: int = 0) -> tuple[int, int]:
-        if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
+        if input_ids.ndim != 2 or not is_id_dtype(input_ids.dtype):
             raise ShapeError(
                 f"input_ids must be an integer tensor (B, T), got {input_ids.dtype} {tuple(input_ids.shape)}"
             )

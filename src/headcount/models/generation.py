@@ -6,14 +6,16 @@ position only, no per-step allocation beyond the model's own.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from headcount.errors import ConfigError, ShapeError
+from headcount.models.base import is_id_dtype
 
 if TYPE_CHECKING:
     from headcount.models.decoder import Decoder
@@ -30,6 +32,16 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def token_ids(ids: Sequence[Any], what: str) -> list[int]:
+    """``ids`` as ints; a float (1.7, even 2.0), a bool or a string is refused, never truncated."""
+    out = []
+    for k, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise ShapeError(f"{what} ids must be integers, got {i!r} at index {k}")
+        out.append(int(i))
+    return out
+
+
 def _prompt_ids(model: Decoder, prompt: str | Sequence[int] | Tensor) -> list[int]:
     if isinstance(prompt, str):
         return model.tokenizer.encode(prompt)
@@ -40,8 +52,10 @@ def _prompt_ids(model: Decoder, prompt: str | Sequence[int] | Tensor) -> list[in
             raise ShapeError(
                 f"generate takes one prompt: ids of shape (T,) or (1, T), got {tuple(prompt.shape)}"
             )
+        if not is_id_dtype(prompt.dtype):
+            raise ShapeError(f"prompt ids must be an integer tensor, got {prompt.dtype}")
         return [int(i) for i in prompt.tolist()]
-    return [int(i) for i in prompt]
+    return token_ids(prompt, "prompt")
 
 
 def _stops(model: Decoder, stop: Sequence[int | str] | None) -> tuple[set[int], list[str]]:

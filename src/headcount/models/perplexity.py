@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from headcount.errors import ConfigError, ShapeError
+from headcount.models.base import is_id_dtype
 from headcount.models.decoder import Decoder
+from headcount.models.generation import token_ids
+
+DEFAULT_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,8 @@ class PerplexityResult:
 def perplexity(
     model: Decoder,
     text_or_ids: str | Sequence[int] | Tensor,
-    window: int = 512,
-    stride: int = 512,
+    window: int | None = None,
+    stride: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PerplexityResult:
     """Mean NLL and perplexity of ``text_or_ids`` under ``model``.
@@ -34,14 +38,21 @@ def perplexity(
     Windows of ``window`` tokens start every ``stride`` tokens (HF's sliding-window recipe):
     each window scores only the tokens the previous one did not, and the rest is context. With
     ``stride == window`` no context is carried and every window scores all but its first token.
-    ``progress(done, total)`` is called after each window (the library never prints).
+    ``progress(done, total)`` is called after each window (the library never prints). Defaults:
+    ``window = min(512, model.max_len)``, ``stride = window``.
     """
     if not isinstance(model, Decoder):
         raise ConfigError(f"perplexity needs a causal Decoder, got {type(model).__name__}")
+    window = min(DEFAULT_WINDOW, model.max_len) if window is None else window
+    stride = window if stride is None else stride
     if isinstance(text_or_ids, str):
         ids = torch.tensor(model.tokenizer.encode(text_or_ids), dtype=torch.long)
+    elif isinstance(text_or_ids, Tensor):
+        if not is_id_dtype(text_or_ids.dtype):
+            raise ShapeError(f"token ids must be an integer tensor, got {text_or_ids.dtype}")
+        ids = text_or_ids.long().flatten()
     else:
-        ids = torch.as_tensor(text_or_ids, dtype=torch.long).flatten()
+        ids = torch.tensor(token_ids(text_or_ids, "token"), dtype=torch.long)
     if not 1 < window <= model.max_len:
         raise ConfigError(f"window={window} must be in 2..{model.max_len} (the model's context)")
     if not 0 < stride <= window:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from headcount.errors import ConfigError, ShapeError
+from headcount.errors import ConfigError, DTypeError, ShapeError
 
 
 class RoPE(nn.Module):
@@ -47,10 +47,19 @@ class RoPE(nn.Module):
         positions). Table entries are computed as ``cos(float32(pos) * inv_freq)`` in float32,
         exactly as HuggingFace computes them per call, so results are bit-identical to that.
         """
+        if (
+            positions.dtype.is_floating_point
+            or positions.dtype.is_complex
+            or positions.dtype == torch.bool
+        ):
+            raise DTypeError(f"positions must be an integer tensor, got {positions.dtype}")
         if positions.numel() == 0:
             shape = (*positions.shape, self.rotary_dim)
             return positions.new_zeros(shape, dtype=dtype), positions.new_zeros(shape, dtype=dtype)
-        need = int(positions.max()) + 1
+        lo, hi = (int(v) for v in positions.aminmax())
+        if lo < 0:  # indexing the table with it would read an entry from its end
+            raise ShapeError(f"positions must be >= 0, got {lo}")
+        need = hi + 1
         table = self._tables.get(dtype)
         if table is None or table[0].shape[0] < need or table[0].device != positions.device:
             n = max(need, 2 * table[0].shape[0] if table is not None else 256)
@@ -59,6 +68,8 @@ class RoPE(nn.Module):
             emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
             table = (emb.cos().to(dtype), emb.sin().to(dtype))
             self._tables[dtype] = table
+        if positions.dtype != torch.long:  # uint8 would index as a mask
+            positions = positions.long()
         return table[0][positions], table[1][positions]
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
