@@ -357,14 +357,15 @@ class BufferReader:
         self._b, self.source, self.size = buf.data.cast("B"), source, int(buf.size)
         self.fields: dict[str, Any] = {}
         self.tensors: list[_Tensor] = []
+        self._at = "the header"  # what is being read, for errors
         try:
             self._parse(buf)
         except (struct.error, ValueError, OverflowError, IndexError) as exc:
             if isinstance(exc, CheckpointError):
                 raise
             raise CheckpointError(
-                f"{source}: not a readable GGUF file, truncated or corrupt "
-                f"({type(exc).__name__}: {exc})"
+                f"{source}: not a readable GGUF file, truncated or corrupt: reading "
+                f"{self._at} ({type(exc).__name__}: {exc})"
             ) from exc
 
     def _fail(self, what: str) -> CheckpointError:
@@ -395,8 +396,10 @@ class BufferReader:
                 f"than a file of {self.size:,} bytes holds"
             )
         pos = 24
-        for _ in range(n_kv):
+        for k in range(n_kv):
+            self._at = f"the key of metadata field {k + 1} of {n_kv}"
             key, pos = self._str(pos, "a metadata key")
+            self._at = f"metadata field {key!r}"
             (t,) = struct.unpack_from("<I", self._b, pos)
             if key in self.fields:
                 raise self._fail(f"metadata field {key!r} appears twice")
@@ -426,8 +429,10 @@ class BufferReader:
 
         infos: list[_Info] = []
         names: set[str] = set()
-        for _ in range(n_tensors):
+        for k in range(n_tensors):
+            self._at = f"tensor entry {k + 1} of {n_tensors}"
             name, pos = self._str(pos, "a tensor name")
+            self._at = f"the entry of tensor {name}"
             if name in names:
                 raise self._fail(f"tensor {name} appears twice")
             names.add(name)
