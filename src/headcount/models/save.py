@@ -212,7 +212,7 @@ def hf_config(
 ) -> dict[str, Any] | None:
     """The config.json transformers builds the same model from, or None when it cannot."""
     shape = _uniform(cfg)
-    if shape is None:
+    if shape is None or cfg.architecture == "gemma3":  # Gemma 3: headcount.json only, for now
         return None
     H, G = shape
     common = {
