@@ -432,6 +432,50 @@ def tradeoff(d: dict[str, Any], name: str, kvs: list[str], fmt: str) -> None:
             f"| {r['variant']} | {r['per_tok']:,} | {r['at_8k'] / 2**20:.1f} MiB | "
             f"{same} at {r['S']:,} | {r['params'] / 1e6:.2f} M | {before} | {after or '—'} | {tok} |"
         )
+    plot_tradeoff(rows, name)
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], name: str) -> None:
+    """Quality against KV-cache bytes per token: before and after uptraining, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    orig = rows[0]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows[1:]:
+        for meth, q in r["before"].items():
+            if q is not None:
+                series.setdefault(f"{meth}, before uptraining", []).append((r["per_tok"], q))
+        for meth, (q, t) in r["after"].items():
+            series.setdefault(f"{meth}, after {t // 1000}K tokens", []).append((r["per_tok"], q))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ls = "--" if "before" in label else "-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker="o", ms=4, label=label)
+    ax.scatter([orig["per_tok"]], [orig["before"]], color="black", zorder=5, label=orig["variant"])
+    for r in rows:
+        ax.annotate(
+            r["variant"].split()[-1],
+            (r["per_tok"], ax.get_ylim()[0]),
+            fontsize=7,
+            rotation=90,
+            va="bottom",
+            ha="right",
+            color="grey",
+        )
+    if name != "minilm":
+        ax.set_yscale("log")
+    ax.set_xlabel("KV-cache bytes per token (fp16)")
+    ax.set_ylabel("held-out perplexity" if name != "minilm" else "embedding cosine to original")
+    ax.set_title(f"{name}: quality against KV-cache size")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = RESULTS / f"conversion_{name}_tradeoff.png"
+    fig.savefig(out, dpi=110)
+    print(f"\n![{name} trade-off]({out.relative_to(Path(__file__).parent.parent)})")
 
 
 def plot(runs: dict[str, Any], model: str, orig: float) -> None:
@@ -444,7 +488,9 @@ def plot(runs: dict[str, Any], model: str, orig: float) -> None:
     for k, v in sorted(runs.items()):
         xs = [p[0] / 1000 for p in v["points"]]
         ys = [p[1] for p in v["points"]]
-        ax.plot(xs, ys, marker="o", ms=3, label="/".join(k.split("/")[2:]))
+        _, recipe, kv, method = k.split("/")
+        what = "unconverted, same training" if method == "base" else f"{kv} KV, {method}"
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{what} ({recipe.rsplit('-', 1)[1]} budget)")
     ax.axhline(orig, color="grey", ls=":", label="original, untrained")
     if model != "minilm":
         ax.set_yscale("log")
