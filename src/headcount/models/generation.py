@@ -66,6 +66,8 @@ def _stops(model: Decoder, stop: Sequence[int | str] | None) -> tuple[set[int], 
         return ids, []
     if isinstance(stop, (str, int)):
         stop = [stop]
+    if any(s == "" for s in stop):  # "" is in every text: it would stop after one token
+        raise ConfigError("a stop string must not be empty")
     return {s for s in stop if isinstance(s, int)}, [s for s in stop if isinstance(s, str)]
 
 
