@@ -13,9 +13,10 @@ import torch
 import headcount.prune.training as training
 from headcount.convert import convert, uptrain
 from headcount.errors import CheckpointError, ConfigError
+from headcount.nn import key_padding_mask
 from headcount.prune import Contrastive, LanguageModeling
 from headcount.prune.objectives import Batch
-from headcount.prune.training import distill_loss
+from headcount.prune.training import distill_loss, hidden_loss
 from tests.prune.conftest import tiny_decoder, tiny_encoder
 
 
@@ -100,6 +101,53 @@ def test_encoder_uptrains_toward_its_teacher() -> None:
         assert float(distill_loss(student, teacher, batches[0])) < 0.5 * d0
     assert res.steps == 30
     uptrain(student, obj, teacher=teacher, loss="kl+ce", tokens=96, lr=1e-3)
+
+
+def _hidden_reference(student, teacher, ids, mask) -> float:
+    """The layer-wise loss computed by hand in float64: run the layers one by one."""
+    total = 0.0
+    xs = [m.embeddings(ids, None).double() for m in (student, teacher)]
+    kpm = key_padding_mask(mask)  # as Encoder.forward hands it to the layers
+    for ls, lt in zip(student.double().layers, teacher.double().layers, strict=True):
+        xs = [ls(xs[0], kpm, False)[0], lt(xs[1], kpm, False)[0]]
+        m = mask[..., None].double()
+        total += float(((xs[0] - xs[1]) ** 2 * m).sum() / (xs[1] ** 2 * m).sum())
+    student.float(), teacher.float()
+    return total / len(student.layers)
+
+
+def test_hidden_state_distillation_matches_a_hand_computed_loss_and_trains() -> None:
+    teacher = tiny_encoder()
+    student = convert(teacher, 1, "mean")
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[1, 7:] = False  # a padded row: its padding must not count
+    batch = Batch(torch.randint(0, 40, (4, 12), generator=g), mask, 2)
+    with torch.no_grad():
+        h0 = float(hidden_loss(student, teacher, batch))
+        assert float(hidden_loss(teacher, teacher, batch)) == 0.0
+        ref = _hidden_reference(student, teacher, batch.ids, mask)
+    assert h0 == pytest.approx(ref, rel=1e-4) and h0 > 0
+    obj = Contrastive.from_batches([batch] * 3)
+    res = uptrain(student, obj, teacher=teacher, loss="hidden", tokens=20 * 43, lr=3e-3, warmup=2)
+    with torch.no_grad():
+        assert float(hidden_loss(student, teacher, batch)) < 0.5 * h0
+    assert res.steps == 20
+    uptrain(student, obj, teacher=teacher, loss="kl+hidden", tokens=43, lr=1e-3)
+    # decoders: every layer's output too, and a teacher of another depth is refused
+    dteacher = tiny_decoder()
+    dstudent = convert(dteacher, 1, "mean")
+    dbatch = Batch(torch.randint(0, 40, (2, 16), generator=g))
+    with torch.no_grad():
+        assert float(hidden_loss(dstudent, dteacher, dbatch)) > 0
+    uptrain(dstudent, dbatch.ids.flatten(), teacher=dteacher, loss="hidden", tokens=32, window=16)
+    shallow = tiny_decoder(n_layers=1, n_heads=(6,), n_kv_heads=(2,))
+    with pytest.raises(ConfigError, match="pairs the layers"):
+        uptrain(
+            dstudent, dbatch.ids.flatten(), teacher=shallow, loss="hidden", tokens=32, window=16
+        )
+    with pytest.raises(ConfigError, match="teacher"):
+        uptrain(dstudent, dbatch.ids.flatten(), loss="hidden", tokens=32, window=16)
 
 
 class Stop(Exception):

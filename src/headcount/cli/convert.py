@@ -86,8 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--loss",
         default="kl",
         metavar="|".join(LOSSES),
-        help="uptraining loss: distillation toward MODEL (default; encoders: 1 - cosine of the "
-        "embeddings), the text's own loss, or both",
+        help="uptraining loss: distillation toward MODEL (kl, the default; encoders: 1 - cosine "
+        "of the embeddings), the text's own loss (ce), both (kl+ce), every layer's hidden state "
+        "of every token toward MODEL's (hidden; the strongest signal for encoders), or kl+hidden",
     )
     p.add_argument(
         "--params",

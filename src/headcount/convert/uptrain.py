@@ -49,7 +49,9 @@ def uptrain(
     decoder cut into windows of ``window`` tokens, ``batch_size`` (default 4) windows a batch; for
     an encoder, text becomes (line, next line) pairs, ``batch_size`` (default 16) pairs a batch.
     ``loss``: ``"kl"`` (toward ``teacher``; the default when a teacher is given), ``"ce"`` (the
-    objective's own loss; the default without one) or ``"kl+ce"``. ``params``: train ``"all"``
+    objective's own loss; the default without one), ``"kl+ce"``, ``"hidden"`` (every layer's
+    hidden state of every token toward the teacher's: far more signal per sentence for encoders)
+    or ``"kl+hidden"`` (see `headcount.prune.training`). ``params``: train ``"all"``
     weights or only the ``"attention"`` projections. AdamW (``lr``, ``weight_decay``) with
     ``warmup`` warm-up steps and cosine decay, gradients clipped to norm ``clip``, ``grad_accum``
     batches per optimizer step.

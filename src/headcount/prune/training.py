@@ -9,6 +9,11 @@ Losses: ``kl`` = KL(teacher || student) of the next-token distributions at every
 (Hinton et al. 2015 at temperature 1) for decoders, 1 - cosine of the pooled sentence embeddings
 for encoders; ``ce`` = the objective's own loss (next-token cross-entropy for
 `LanguageModeling`, the in-batch contrastive loss for `Contrastive`); ``kl+ce`` their sum.
+``hidden`` = layer-wise distillation of every token's hidden state (the output of each layer,
+as in TinyBERT, Jiao et al. 2020, and Patient KD, Sun et al. 2019): the mean over layers of
+``||h_student - h_teacher||^2 / ||h_teacher||^2`` over the real tokens, a per-token target with
+C numbers per token per layer where ``kl`` on an encoder gives one cosine per sentence;
+``kl+hidden`` adds ``kl`` to it. Both need a teacher with the same number of layers and width.
 
 A checkpoint (``checkpoint_dir/uptrain.pt``) holds the model and optimizer states, the
 batch-order generator and the global torch RNG, the step, tokens, losses, the schedule length and
@@ -37,8 +42,8 @@ from headcount.errors import CheckpointError, ConfigError, ShapeError
 from headcount.models import Decoder, Encoder
 from headcount.prune.objectives import Batch, Objective, at_least_fp32, pooled
 
-Loss = Literal["kl", "ce", "kl+ce"]
-LOSSES: tuple[str, ...] = ("kl", "ce", "kl+ce")
+Loss = Literal["kl", "ce", "kl+ce", "hidden", "kl+hidden"]
+LOSSES: tuple[str, ...] = ("kl", "ce", "kl+ce", "hidden", "kl+hidden")
 Params = Literal["all", "attention"]
 Progress = Callable[[int, float, int, float], None]  # step, loss, tokens, elapsed seconds
 CHECKPOINT = "uptrain.pt"
@@ -67,6 +72,62 @@ def distill_loss(student: Decoder | Encoder, teacher: Decoder | Encoder, batch: 
         te = pooled(teacher, batch.ids, batch.mask)  # (N, C)
     se = pooled(student, batch.ids, batch.mask)
     return 1.0 - (se * te).sum(-1).mean()
+
+
+def hidden_loss(student: Decoder | Encoder, teacher: Decoder | Encoder, batch: Batch) -> Tensor:
+    """Mean over layers of ``||h_s - h_t||^2 / ||h_t||^2`` summed over the real tokens of ``batch``.
+
+    ``h`` is each layer's output ``(B, T, C)`` (captured with forward hooks, so any layer type
+    works); padded positions (``batch.mask`` False) are left out. 0 when student equals teacher.
+    """
+    device = _first_param(student).device
+    ids = batch.ids.to(device)
+    mask = None if batch.mask is None else batch.mask.to(device)
+    with torch.no_grad():
+        th = _layer_outputs(teacher, ids, mask)
+    sh = _layer_outputs(student, ids, mask)
+    if len(sh) != len(th):
+        raise ConfigError(
+            f"hidden-state distillation pairs layers: the student has {len(sh)}, "
+            f"the teacher {len(th)}"
+        )
+    m = None if mask is None else mask[..., None].to(torch.float32)  # (B, T, 1)
+    total = sh[0].new_zeros((), dtype=torch.float32)
+    for s_h, t_h in zip(sh, th, strict=True):
+        if s_h.shape != t_h.shape:
+            raise ShapeError(
+                f"hidden-state distillation needs equal shapes, got {tuple(s_h.shape)} and "
+                f"{tuple(t_h.shape)}"
+            )
+        d2 = (at_least_fp32(s_h) - at_least_fp32(t_h)).pow(2)  # (B, T, C)
+        t2 = at_least_fp32(t_h).pow(2)
+        if m is not None:
+            d2, t2 = d2 * m, t2 * m
+        total = total + d2.sum() / t2.sum().clamp(min=1e-12)
+    return total / len(sh)
+
+
+def _first_param(model: torch.nn.Module) -> Tensor:
+    return next(model.parameters())
+
+
+def _layer_outputs(model: Decoder | Encoder, ids: Tensor, mask: Tensor | None) -> list[Tensor]:
+    """Every layer's output hidden states ``(B, T, C)`` for one forward pass of ``model``."""
+    outs: list[Tensor] = []
+
+    def grab(_m: torch.nn.Module, _inp: Any, out: Any) -> None:
+        outs.append(out[0] if isinstance(out, tuple) else out)
+
+    handles = [layer.register_forward_hook(grab) for layer in model.layers]
+    try:
+        if isinstance(model, Encoder):
+            model(ids, attention_mask=mask)
+        else:
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs
 
 
 def _kl(logits: Tensor, teacher: Decoder | Encoder, ids: Tensor) -> Tensor:
@@ -235,12 +296,21 @@ def _check(
         raise ConfigError(f"minutes must be > 0, got {minutes}")
     if loss not in LOSSES:
         raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if "kl" in loss:
+    if "kl" in loss or "hidden" in loss:
         if teacher is None:
             raise ConfigError(f"loss {loss!r} distils toward a teacher: pass teacher=")
         if type(model) is not type(teacher):
             raise ConfigError(
                 f"student {type(model).__name__} and teacher {type(teacher).__name__} differ"
+            )
+    if "hidden" in loss:
+        assert teacher is not None
+        s_shape = (len(model.layers), model.config.d_model)
+        t_shape = (len(teacher.layers), teacher.config.d_model)
+        if s_shape != t_shape:
+            raise ConfigError(
+                f"loss {loss!r} pairs the layers of student and teacher: the student has "
+                f"{s_shape[0]} layers of width {s_shape[1]}, the teacher {t_shape[0]} of {t_shape[1]}"
             )
     if params not in ("all", "attention"):
         raise ConfigError(f"params must be 'all' or 'attention', got {params!r}")
@@ -271,6 +341,9 @@ def _loss(
     if "kl" in kind:
         assert teacher is not None
         parts.append(distill_loss(model, teacher, batch))
+    if "hidden" in kind:
+        assert teacher is not None
+        parts.append(hidden_loss(model, teacher, batch))
     if "ce" in kind:
         parts.append(data.loss(model, batch))
     return parts[0] if len(parts) == 1 else parts[0] + parts[1]
