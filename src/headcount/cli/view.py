@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -27,15 +28,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def write_atomic(path: Path, text: str, force: bool) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+def check_output(path: Path, force: bool) -> Path:
+    """The absolute path of ``path`` if ``view`` may write it: new, or (with ``force``) an
+    existing regular file. Refuses (`ReportError`) folders, symlinks, device nodes, FIFOs and
+    sockets even with ``force``: replacing them would replace the link or the device itself."""
     from headcount.report import ReportError
 
     path = path.expanduser().absolute()
-    if path.exists() and not force:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ReportError(
+            f"{path} is {kind}; headcount view writes only regular files, choose another path"
+        )
+    if not force:
         raise ReportError(f"{path} exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise ReportError(f"{path} is a folder")
+    return path
+
+
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def write_atomic(path: Path, text: str, force: bool) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename.
+    ``path`` is checked again just before the rename (`check_output`)."""
+    from headcount.report import ReportError
+
+    path = check_output(path, force)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -44,9 +75,12 @@ def write_atomic(path: Path, text: str, force: bool) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.chmod(tmp, 0o644)
+        check_output(path, force)  # nothing replaced it with a link or a device meanwhile
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, ReportError):  # a full disk
+            raise ReportError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
 
 
@@ -60,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
     text = args.text
     if text.startswith("@"):
         text = Path(text[1:]).read_text(encoding="utf-8")
-    out = args.output.expanduser().absolute()
-    if out.exists() and not args.force:
-        from headcount.report import ReportError
-
-        raise ReportError(f"{out} exists; pass --force to overwrite it")
+    out = check_output(args.output, args.force)  # before the slow part
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)
     page = model_view(
