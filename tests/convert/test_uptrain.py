@@ -16,7 +16,7 @@ from headcount.errors import CheckpointError, ConfigError
 from headcount.nn import key_padding_mask
 from headcount.prune import Contrastive, LanguageModeling
 from headcount.prune.objectives import Batch
-from headcount.prune.training import distill_loss, hidden_loss
+from headcount.prune.training import attention_loss, distill_loss, hidden_loss
 from tests.prune.conftest import tiny_decoder, tiny_encoder
 
 
@@ -236,3 +236,43 @@ def test_bad_input(ids, tmp_path: Path) -> None:
     (tmp_path / "uptrain.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         _run(ids, tmp_path, tokens=64, resume=True)
+
+
+def test_attention_distillation_matches_a_hand_computed_loss_and_trains() -> None:
+    """Each student attention layer sees the teacher's input to that layer (layer-local)."""
+    teacher = tiny_encoder()
+    student = convert(teacher, 1, "mean")
+    g = torch.Generator().manual_seed(4)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[2, 6:] = False
+    batch = Batch(torch.randint(0, 40, (3, 10), generator=g), mask, 1)
+    with torch.no_grad():
+        a0 = float(attention_loss(student, teacher, batch))
+        assert float(attention_loss(teacher, teacher, batch)) == 0.0
+        # by hand in float64: the teacher's layers one by one, each student attention on the
+        # teacher's own input to that layer
+        kpm, m = key_padding_mask(mask), mask[..., None].double()
+        x = teacher.double().embeddings(batch.ids, None)
+        ref = 0.0
+        for lt, ls in zip(teacher.layers, student.double().layers, strict=True):
+            t_out, s_out = lt.attn(x, attention_mask=kpm), ls.attn(x, attention_mask=kpm)
+            ref += float(((s_out - t_out) ** 2 * m).sum() / (t_out**2 * m).sum())
+            x = lt(x, kpm, False)[0]
+        teacher.float(), student.float()
+    assert a0 == pytest.approx(ref / len(teacher.layers), rel=1e-4) and a0 > 0
+    before = {k: v.clone() for k, v in student.state_dict().items() if ".attn." not in k}
+    obj = Contrastive.from_batches([batch] * 3)
+    uptrain(student, obj, teacher=teacher, loss="attention", tokens=20 * 26, lr=3e-3, warmup=2)
+    with torch.no_grad():
+        assert float(attention_loss(student, teacher, batch)) < 0.5 * a0
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    # decoders (positions and RoPE go through the captured arguments)
+    dteacher = tiny_decoder()
+    dstudent = convert(dteacher, 1, "mean")
+    dbatch = Batch(torch.randint(0, 40, (2, 16), generator=g))
+    with torch.no_grad():
+        d0 = float(attention_loss(dstudent, dteacher, dbatch))
+    ids = dbatch.ids.flatten()
+    uptrain(dstudent, ids, teacher=dteacher, loss="attention", tokens=10 * 32, window=16, lr=3e-3)
+    with torch.no_grad():
+        assert 0 < float(attention_loss(dstudent, dteacher, dbatch)) < d0
