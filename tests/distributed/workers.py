@@ -149,7 +149,90 @@ def run_tp_analyze(world: World) -> dict:
     return {"scores": res.scores, "kv_groups": res.kv_groups, "roles": res.roles}
 
 
+# ---------------------------------------------------------------------------------- training
+class Stop(Exception):
+    """Raised by a progress callback to interrupt training after a given step."""
+
+
+def train_setup(kind: str) -> tuple:
+    """A float64 student, its teacher and the training data for `train_args`.
+
+    ``decoder``: a GQA->MQA converted tiny decoder distilled with ``kl+ce`` on windows of 12 tokens,
+    batches of 3 rows (2 ranks take 2 and 1 rows, 3 ranks one each; the last batch has 2 rows);
+    ``encoder``: a tiny encoder with ``hidden`` distillation (whole batches per rank) on padded
+    sentence pairs, 3 batches per step."""
+    from headcount.convert import convert
+    from headcount.prune import Contrastive, LanguageModeling
+    from headcount.prune.objectives import Batch
+    from tests.prune.conftest import tiny_decoder, tiny_encoder
+
+    g = torch.Generator().manual_seed(7)
+    if kind == "decoder":
+        teacher = tiny_decoder(torch.float64)
+        data = LanguageModeling(torch.randint(0, 40, (12 * 8,), generator=g), 12, 3)
+        return convert(teacher, 1, "mean"), teacher, data
+    teacher = tiny_encoder(torch.float64)
+    batches = []
+    for _ in range(4):
+        ids = torch.randint(0, 40, (6, 10), generator=g)
+        mask = torch.arange(10)[None] < torch.randint(4, 11, (6, 1), generator=g)  # padded
+        batches.append(Batch(ids, mask, 3))
+    return convert(teacher, 1, "mean"), teacher, Contrastive.from_batches(batches)
+
+
+def train_args(kind: str) -> dict:
+    common = dict(steps=6, lr=1e-2, warmup=2, seed=3, checkpoint_every=3)
+    if kind == "decoder":
+        return dict(common, loss="kl+ce", grad_accum=2)
+    return dict(common, loss="hidden", grad_accum=3, weight_decay=0.01)
+
+
+def run_train(world: World, kind: str, ckpt: str, resume: str, stop: str) -> dict:
+    """Train `train_setup(kind)`; ``stop`` > 0 interrupts after that step (the checkpoint of
+    that step written); ``die`` > 0 ... see `run_train_dies`."""
+    from headcount.prune.training import train
+
+    student, teacher, data = train_setup(kind)
+
+    def progress(step: int, loss: float, tokens: int, elapsed: float) -> None:
+        if step == int(stop):
+            raise Stop
+
+    try:
+        res = train(
+            student,
+            teacher,
+            data,
+            checkpoint_dir=ckpt,
+            resume=resume == "resume",
+            progress=progress,
+            world=world,
+            **train_args(kind),
+        )
+        out = {"losses": res.losses, "steps": res.steps, "resumed_from": res.resumed_from}
+    except Stop:
+        out = {"stopped": True}
+    out["state"] = student.state_dict()
+    return out
+
+
+def run_train_dies(world: World) -> dict:
+    """Rank 1 dies in the middle of training (after its second step)."""
+    from headcount.prune.training import train
+
+    student, teacher, data = train_setup("decoder")
+
+    def progress(step: int, loss: float, tokens: int, elapsed: float) -> None:
+        if step == 2 and world.rank == 1:
+            os._exit(17)
+
+    train(student, teacher, data, progress=progress, world=world, **train_args("decoder"))
+    return {}
+
+
 SCENARIOS = {
+    "train": run_train,
+    "train_dies": run_train_dies,
     "tp_analyze": run_tp_analyze,
     "analyze": run_analyze,
     "importance": run_importance,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from headcount.distributed.process import World
 from headcount.errors import ConfigError
 from headcount.models import Decoder, Encoder
 from headcount.prune.objectives import Contrastive, LanguageModeling, Objective, sentence_pairs
@@ -41,6 +42,7 @@ def uptrain(
     resume: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
+    world: World | None = None,
 ) -> UptrainResult:
     """Train ``model`` in place on ``data`` until ``tokens`` tokens or ``minutes`` minutes have
     gone by (whichever comes first; give at least one).
@@ -61,6 +63,10 @@ def uptrain(
     weights as an uninterrupted run with the same arguments (a checkpoint from other arguments
     or data raises `CheckpointError`). ``progress(step, loss, tokens, elapsed_seconds)`` is
     called after every optimizer step. Returns the losses per step, tokens, seconds and steps.
+
+    ``world`` (`headcount.distributed.init` under torchrun, every rank calling with the same
+    arguments): data-parallel, with the same global batches and result as one process; the
+    checkpoint is then sharded and resumes with any number of processes (see `train`).
     """
     objective = _objective(model, data, batch_size, window)
     if loss is None:
@@ -83,6 +89,7 @@ def uptrain(
         resume=resume,
         seed=seed,
         progress=progress,
+        world=world,
     )
 
 

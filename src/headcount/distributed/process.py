@@ -80,6 +80,19 @@ class World:
             t.copy_(flat[k : k + n].view_as(t))
             k += n
 
+    def reduce_sum(self, tensor: Tensor, what: str) -> None:
+        """Add ``tensor`` (on `device`) over all ranks, in place and in its own dtype (one
+        ``all_reduce``; ``what`` names it in the error of a rank that died or timed out)."""
+        if self.distributed:
+            self._collective(what, dist.all_reduce, tensor)
+
+    def broadcast(self, tensors: Sequence[Tensor], what: str) -> None:
+        """Overwrite ``tensors`` (on `device`, same shapes on every rank) with rank 0's, in place."""
+        if not self.distributed:
+            return
+        for t in tensors:
+            self._collective(what, dist.broadcast, t, 0)
+
     def gather(self, value: Any) -> list[Any]:
         """``value`` from every rank, in rank order (pickled: for small objects)."""
         if not self.distributed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from headcount.distributed.process import World
 from headcount.errors import ConfigError
 from headcount.models import Decoder, Encoder
 from headcount.prune.objectives import Objective
@@ -36,11 +37,13 @@ def recover(
     params: Params = "all",
     seed: int = 0,
     progress: TrainProgress | None = None,
+    world: World | None = None,
 ) -> Recovery:
     """Train ``student`` in place toward ``teacher`` on the batches of ``data`` (cycled, shuffled
     per epoch with ``seed``). Give ``steps``, ``minutes`` or both (whichever ends first); the
     cosine schedule spans ``steps``, or an estimate from the first steps' speed when only
-    ``minutes`` is given."""
+    ``minutes`` is given. ``world`` (under torchrun): data-parallel, each rank a share of every
+    batch, the same result as one process (see `headcount.prune.training.train`)."""
     if steps is None and minutes is None:
         raise ConfigError("give a recovery budget: steps and/or minutes")
     if steps is not None and steps <= 0:
@@ -61,4 +64,5 @@ def recover(
         clip=clip,
         seed=seed,
         progress=None if progress is None else lambda s, loss, _tokens, t: progress(s, loss, t),
+        world=world,
     )

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from headcount.distributed.process import World
 from headcount.errors import CheckpointError, ConfigError, ShapeError
 from headcount.models import Decoder, Encoder
 from headcount.prune.objectives import Batch, Objective, at_least_fp32, pooled
@@ -218,12 +219,18 @@ def train(
     resume: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
+    world: World | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on the batches of ``data`` (cycled, shuffled per epoch with
     ``seed``; ``grad_accum`` batches per optimizer step) until the first budget runs out:
     ``steps`` optimizer steps, ``tokens`` tokens or ``minutes`` of training. The cosine schedule
     spans the steps the budget allows (estimated from the first steps' speed when only
     ``minutes`` is given). See the module docstring for losses and checkpoints.
+
+    ``world`` (from `headcount.distributed.init`, under torchrun): data-parallel training with the
+    same batches, steps and result as one process (`headcount.distributed.data_parallel`), every
+    rank calling `train` with the same arguments; checkpoints are then sharded
+    (`headcount.distributed.checkpoint`) and resume with any number of processes.
     """
     _check(model, teacher, steps, tokens, minutes, loss, params, lr, warmup, grad_accum, clip)
     if checkpoint_every < 1:
@@ -243,11 +250,18 @@ def train(
     )
     fingerprint.update(steps=steps, tokens=tokens)
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
-    if path is not None and not resume and path.exists():
+    found = None if path is None else _found(path)
+    if found is not None and not resume:
         raise ConfigError(
-            f"{path} holds the checkpoint of an earlier run; pass resume=True to continue it, "
+            f"{found} holds the checkpoint of an earlier run; pass resume=True to continue it, "
             "or choose another checkpoint_dir"
         )
+    parallel = None
+    if world is not None and world.distributed:
+        from headcount.distributed.data_parallel import DataParallel
+
+        parallel = DataParallel(world, model, data, loss, grad_accum, fingerprint)
+        world.check_same("checkpoint to resume", str(found) if resume else None)
     trainable = [
         p
         for n, p in model.named_parameters()
@@ -267,14 +281,20 @@ def train(
     devices = [d.index for d in {p.device for p in model.parameters()} if d.type == "cuda"]
     with torch.random.fork_rng(devices=devices):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        if resume and path is not None and path.exists():
-            order, total = _restore(path, fingerprint, model, opt, gen, result)
+        if resume and found is not None:
+            order, total = _restore(found, fingerprint, model, opt, gen, result, world)
+        if parallel is not None:
+            parallel.start(model, result.seconds)
         budget_s = None if minutes is None else minutes * 60.0
         start_step, t0, saved = result.steps, time.perf_counter(), result.steps
         model.train()
         try:
             while True:
-                elapsed = result.seconds + time.perf_counter() - t0
+                elapsed = (  # rank 0's clock under torchrun: every rank stops after the same step
+                    result.seconds + time.perf_counter() - t0
+                    if parallel is None
+                    else parallel.clock
+                )
                 if steps is not None and result.steps >= steps:
                     result.stopped_by = "steps"
                 elif tokens is not None and result.tokens >= tokens:
@@ -284,20 +304,28 @@ def train(
                 if result.stopped_by:
                     break
                 if total is None and result.steps - start_step == 3 and budget_s is not None:
-                    speed = (time.perf_counter() - t0) / 3  # seconds per step
+                    speed = (elapsed - result.seconds) / 3  # seconds per step
                     total = result.steps + max(int((budget_s - elapsed) / speed), 1)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(result.steps, total or 1_000_000, lr, warmup)
                 opt.zero_grad(set_to_none=True)
                 step_loss, step_tokens = 0.0, 0
-                for _ in range(grad_accum):
+                for i in range(grad_accum):
                     if not order:
                         order = torch.randperm(len(batches), generator=gen).tolist()
                     batch = batches[order.pop()]
-                    value = _loss(model, teacher, data, batch, loss) / grad_accum
+                    step_tokens += batch_tokens(batch)
+                    part, weight = (batch, 1.0) if parallel is None else parallel.share(batch, i)
+                    if part is None:  # another rank's batch (or rows)
+                        continue
+                    value = _loss(model, teacher, data, part, loss) / grad_accum
+                    if weight != 1.0:  # this rank's share of the batch's loss
+                        value = value * weight
                     value.backward()
                     step_loss += float(value.detach())
-                    step_tokens += batch_tokens(batch)
+                if parallel is not None:  # gradients and loss summed over ranks
+                    clock = result.seconds + time.perf_counter() - t0
+                    step_loss = parallel.sync(trainable, step_loss, clock)
                 torch.nn.utils.clip_grad_norm_(trainable, clip)
                 opt.step()
                 result.steps += 1
@@ -306,13 +334,13 @@ def train(
                 result.tokens_seen.append(result.tokens)
                 now = result.seconds + time.perf_counter() - t0
                 if path is not None and result.steps % checkpoint_every == 0:
-                    _save(path, fingerprint, model, opt, gen, order, total, result, now)
+                    _save(path, fingerprint, model, opt, gen, order, total, result, now, world)
                     saved = result.steps
                 if progress is not None:
                     progress(result.steps, step_loss, result.tokens, now)
             if path is not None and saved != result.steps:
                 now = result.seconds + time.perf_counter() - t0
-                _save(path, fingerprint, model, opt, gen, order, total, result, now)
+                _save(path, fingerprint, model, opt, gen, order, total, result, now, world)
         finally:
             model.eval()
             for p, f in zip(model.parameters(), flags, strict=True):
@@ -446,14 +474,16 @@ def _save(
     total: int | None,
     result: TrainResult,
     seconds: float,
+    world: World | None = None,
 ) -> None:
-    """Write the checkpoint to a temporary file and rename it over ``path`` (atomic)."""
+    """Write the checkpoint to a temporary file and rename it over ``path`` (atomic); under
+    torchrun, the sharded checkpoint beside it (`headcount.distributed.checkpoint`)."""
+    from headcount.distributed import checkpoint as sharded
+
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "fingerprint": fingerprint,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
         "batch_rng": gen.get_state(),
         "torch_rng": torch.get_rng_state(),
         "order": list(order),
@@ -464,6 +494,10 @@ def _save(
         "tokens_seen": list(result.tokens_seen),
         "seconds": seconds,
     }
+    if world is not None and world.distributed:
+        sharded.save(path.parent, payload, model, opt, world, legacy=path)
+        return
+    payload.update(model=model.state_dict(), optimizer=opt.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -475,6 +509,19 @@ def _save(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    sharded.remove(path.parent)  # a sharded checkpoint this run resumed from is now older
+
+
+def _found(path: Path) -> Path | None:
+    """The checkpoint in ``path.parent`` to resume: the file ``path`` (one process) or a sharded
+    folder (torchrun), the one written last when both are there (a run stopped between writing
+    its own and deleting the other's)."""
+    from headcount.distributed import checkpoint as sharded
+
+    folder = sharded.find(path.parent)
+    if folder is None or not path.exists():
+        return folder if folder is not None else (path if path.exists() else None)
+    return folder if (folder / sharded.LOOP).stat().st_mtime > path.stat().st_mtime else path
 
 
 def _restore(
@@ -484,12 +531,19 @@ def _restore(
     opt: torch.optim.Optimizer,
     gen: torch.Generator,
     result: TrainResult,
+    world: World | None = None,
 ) -> tuple[list[int], int | None]:
-    """Load the checkpoint at ``path`` into the model, optimizer, RNGs and ``result``."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    """Load the checkpoint at ``path`` (a file, or a sharded checkpoint's folder) into the model,
+    optimizer, RNGs and ``result``."""
+    from headcount.distributed import checkpoint as sharded
+
+    if path.is_dir():
+        ck = sharded.read_loop(path)
+    else:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
     if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("version") != VERSION:
         raise CheckpointError(f"{path}: not a headcount training checkpoint of version {VERSION}")
     old = ck["fingerprint"]
@@ -499,8 +553,11 @@ def _restore(
             f"{k}: {_short(old.get(k))} then, {_short(fingerprint.get(k))} now" for k in differ
         )
         raise CheckpointError(f"{path} was written by a different run ({detail})")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
+    if path.is_dir():
+        sharded.load(path, model, opt, world or World())
+    else:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
     gen.set_state(ck["batch_rng"])
     torch.set_rng_state(ck["torch_rng"])
     result.steps, result.tokens = int(ck["step"]), int(ck["tokens"])
