@@ -1,18 +1,22 @@
-"""The lean batch-1 decode step equals `Decoder.forward` with the cache (to float rounding), and greedy generation
-through it equals `Decoder.generate`."""
+"""One decode path (issue 11): cached decoding through the modules' own single-position branch
+equals a full forward of the whole sequence (to float rounding), generation drives the model and
+equals recomputing without a cache, batches of left-padded prompts give each row's batch-1
+tokens, and bfloat16 on a CPU without bf16 units takes float32 GEMMs / the GEMV kernel."""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
 
 import headcount
 from headcount.errors import ConfigError, ShapeError
-from headcount.models import Decoder, DecoderConfig
-from headcount.models.fastpath import FastDecode, fast_generate, fast_path_issue
+from headcount.models import Decoder, DecoderConfig, generation
+from headcount.models.generation import Decoding, stream_batch
 from headcount.models.quant import quantize_int8
+from headcount.nn import Attention
 
 
 def _tiny(tied: bool = True, bias: bool = False) -> Decoder:
@@ -28,118 +32,237 @@ def _tiny(tied: bool = True, bias: bool = False) -> Decoder:
         tie_embeddings=tied,
         qkv_bias=bias,
     )
+    torch.manual_seed(0)
     return Decoder(cfg).eval()
 
 
-def _reference_steps(model: Decoder, prompt: list[int], tokens: list[int]) -> list[torch.Tensor]:
+class _CountSteps:
+    """Counts calls of `Attention._step` (the single-position branch) while active."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = Attention._step
+
+        def spy(attn: Attention, *args: Any) -> torch.Tensor:
+            self.calls += 1
+            return real(attn, *args)
+
+        monkeypatch.setattr(Attention, "_step", spy)
+
+
+def _decode_vs_full(model: Decoder, ids: list[int], n_prompt: int) -> tuple[torch.Tensor, ...]:
+    """Logits of a prefill of ``n_prompt`` ids then one id per step, and of one full forward."""
     with torch.inference_mode():
-        cache = model.new_cache(1, len(prompt) + len(tokens))
-        out = [model(torch.tensor([prompt]), cache=cache, last_only=True).logits[:, -1]]
-        for t in tokens:
-            out.append(model(torch.tensor([[t]]), cache=cache, last_only=True).logits[:, -1])
-    return out
+        full = model(torch.tensor([ids])).logits[0, n_prompt - 1 :]  # (n, V)
+        run = Decoding(model, len(ids))
+        got = [run.prefill(ids[:n_prompt])] + [run.step(t) for t in ids[n_prompt:]]
+    return torch.cat(got), full
 
 
-@pytest.mark.parametrize(("tied", "bias"), [(True, False), (False, True)])
-def test_step_equals_forward_with_cache(tied: bool, bias: bool) -> None:
+@pytest.mark.parametrize(("tied", "bias", "gate"), [(True, False, False), (False, True, True)])
+def test_cached_decode_equals_full_forward(
+    tied: bool, bias: bool, gate: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = _tiny(tied, bias)
-    prompt, tokens = [3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5]
-    ref = _reference_steps(model, prompt, tokens)
-    with torch.inference_mode():
-        run = FastDecode(model, len(prompt) + len(tokens))
-        got = [run.prefill(prompt)] + [run.step(t) for t in tokens]
-    assert run.length == len(prompt) + len(tokens)
-    for a, b in zip(got, ref, strict=True):
-        assert a.shape == b.shape == (1, 96)
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if gate:
+        for attn in model.attention_layers():
+            attn.head_gate = torch.linspace(0.0, 1.5, attn.n_heads)
+    count = _CountSteps(monkeypatch)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5]
+    got, full = _decode_vs_full(model, ids, 5)
+    assert count.calls == 6 * 3  # every decode step of every layer took the lean branch
+    assert got.shape == full.shape == (7, 96)
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
 
 
-def test_head_gate_is_applied() -> None:
+def test_sliding_window_layers_decode_on_the_same_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny Gemma 3 (per-head norms, (1 + w) norms, MQA, two sliding layers of window 6 with
+    ring caches, one global layer): decoding past the window equals the full forward."""
+    from headcount.models.gemma3 import Gemma3Decoder
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(
+        vocab_size=50,
+        d_model=32,
+        n_layers=3,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=16,
+        d_ff=48,
+        max_len=64,
+        architecture="gemma3",
+        sliding_window=6,
+        layer_types=("sliding", "full", "sliding"),
+        rope_local_base=10000.0,
+        rope_base=1e6,
+        query_pre_attn_scalar=16.0,
+        tie_embeddings=True,
+    )
+    model = Gemma3Decoder(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    count = _CountSteps(monkeypatch)
+    ids = torch.randint(0, 50, (20,)).tolist()
+    got, full = _decode_vs_full(model, ids, 4)  # 16 steps, 10 of them past the window
+    assert count.calls == 16 * 3
+    assert [c.slots for c in Decoding(model, 20).cache] == [6, 20, 6]
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_and_masks_take_the_general_path(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _tiny()
-    for attn in model.attention_layers():
-        gate = torch.ones(attn.n_heads)
-        gate[0] = 0.0
-        attn.head_gate = gate
-    prompt, tokens = [7, 8, 9], [10, 11]
-    ref = _reference_steps(model, prompt, tokens)
-    with torch.inference_mode():
-        run = FastDecode(model)
-        got = [run.prefill(prompt)] + [run.step(t) for t in tokens]
-    for a, b in zip(got, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    seen: list[tuple[int, ...]] = []
+    model.attention_layers()[1].weights_hook = lambda w: seen.append(tuple(w.shape))
+    count = _CountSteps(monkeypatch)
+    got, full = _decode_vs_full(model, [7, 8, 9, 10, 11], 3)
+    assert count.calls == 2 * 2  # layers 0 and 2 only
+    assert seen[-2:] == [(1, 4, 1, 4), (1, 4, 1, 5)]  # weights of every decode step
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+    model.attention_layers()[1].weights_hook = None
+    count.calls = 0
+    with torch.inference_mode():  # a padding mask: the general path, same logits
+        cache = model.new_cache(1, 6)
+        model(torch.tensor([[7, 8, 9]]), cache=cache)
+        out = model(torch.tensor([[10]]), attention_mask=torch.ones(1, 4), cache=cache)
+    assert count.calls == 0
+    torch.testing.assert_close(out.logits[0], full[1:2], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8", "bf16"])
-def test_greedy_equals_decoder_generate(variant: str) -> None:
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_greedy_generation_equals_recompute(variant: str) -> None:
     model = _tiny()
     if variant == "int8":
         model = quantize_int8(model)
-    elif variant == "bf16":
-        model = model.to(torch.bfloat16)
-    prompt = [5, 6, 7, 8]
-    ref = model.generate(prompt, max_new_tokens=12, stop=[]).ids
-    assert fast_generate(model, prompt, max_new_tokens=12, stop=[]) == ref
-    # stops after an end-of-sequence id, which is yielded
-    first = ref.index(ref[3])
-    assert fast_generate(model, prompt, max_new_tokens=12, stop=[ref[3]]) == ref[: first + 1]
+    prompt, n = [5, 6, 7, 8], 8
+    ref = model.generate(prompt, max_new_tokens=n, stop=[], use_cache=False).ids
+    assert model.generate(prompt, max_new_tokens=n, stop=[]).ids == ref and len(ref) == n
+    first = ref.index(ref[3])  # stops after a stop id, which is yielded
+    assert model.generate(prompt, max_new_tokens=n, stop=[ref[3]]).ids == ref[: first + 1]
 
 
 def test_sampling_is_seeded() -> None:
     model = _tiny()
-    a = fast_generate(model, [1, 2], max_new_tokens=10, temperature=1.0, top_k=20, seed=3, stop=[])
-    b = fast_generate(model, [1, 2], max_new_tokens=10, temperature=1.0, top_k=20, seed=3, stop=[])
+    kw: dict[str, Any] = dict(max_new_tokens=10, temperature=1.0, top_k=20, seed=3, stop=[])
+    a, b = model.generate([1, 2], **kw).ids, model.generate([1, 2], **kw).ids
     assert a == b and len(a) == 10
 
 
-def test_refusals_and_limits() -> None:
+def test_limits() -> None:
     model = _tiny()
-    assert fast_path_issue(model) is None
-    model.attention_layers()[1].weights_hook = lambda w: None
-    assert "weights_hook" in (fast_path_issue(model) or "")
-    with pytest.raises(ConfigError, match="weights_hook"):
-        FastDecode(model)
-    model.attention_layers()[1].weights_hook = None
     with torch.inference_mode():
-        run = FastDecode(model, 4)
+        run = Decoding(model, 4)
         run.prefill([1, 2, 3, 4])
         with pytest.raises(ShapeError, match="full"):
             run.step(5)
-    with pytest.raises(ShapeError):
-        fast_generate(model, [], max_new_tokens=3)
+    with pytest.raises(ShapeError, match="empty"):
+        model.generate([], max_new_tokens=3)
     # the context bounds the number of new tokens
-    assert len(fast_generate(model, list(range(1, 46)), max_new_tokens=10, stop=[])) == 3
+    assert len(model.generate(list(range(1, 46)), max_new_tokens=10, stop=[]).ids) == 3
+    with pytest.raises(ShapeError, match="prompt 1 is empty"):
+        list(stream_batch(model, [[1, 2], []], max_new_tokens=3))
+    with pytest.raises(ConfigError, match="use_cache"):
+        model.generate([[1, 2], [3]], max_new_tokens=3, use_cache=False)
 
 
-@pytest.mark.model
-def test_smollm2_fast_path_equals_forward(smollm2: headcount.Decoder) -> None:
-    prompt = smollm2.tokenizer.encode("To be, or not to be, that is the question:")
-    ref = smollm2.generate(prompt, max_new_tokens=24, stop=[])
-    assert fast_generate(smollm2, prompt, max_new_tokens=24, stop=[]) == ref.ids
-    q = quantize_int8(copy.deepcopy(smollm2))
-    assert (
-        fast_generate(q, prompt, max_new_tokens=8, stop=[])
-        == q.generate(prompt, max_new_tokens=8, stop=[]).ids
-    )
+def test_padded_batch_equals_each_prompt_alone() -> None:
+    model = _tiny().double()  # float64: batched and single products round alike
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23]]
+    singles = [model.generate(p, max_new_tokens=14, stop=[]) for p in prompts]
+    batch = model.generate(prompts, max_new_tokens=14, stop=[])
+    assert isinstance(batch, list) and len(batch) == 3
+    for b, s in zip(batch, singles, strict=True):
+        assert b.prompt_ids == s.prompt_ids and b.ids == s.ids and len(b.ids) == 14
+    # each row stops on its own stop id; the others run on
+    stop = singles[1].ids[2]
+    got = model.generate(prompts, max_new_tokens=14, stop=[stop])
+    for g, s in zip(got, singles, strict=True):
+        want = s.ids[: s.ids.index(stop) + 1] if stop in s.ids else s.ids
+        assert g.ids == want
+        assert g.finish_reason == ("stop" if stop in s.ids else "length")
 
 
-def test_bfloat16_prefill_as_float_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from headcount.models import fastpath
+def test_padded_batch_logits_equal_single_rows() -> None:
+    """The logits (not just the argmax) of each left-padded row equal its batch-1 decoding."""
+    model = _tiny()
+    prompts = [[5, 6, 7, 8, 9], [12, 13]]
+    steps = list(stream_batch(model, prompts, max_new_tokens=6))
+    assert [t.shape for t in steps] == [(2,)] * 6
+    for i, p in enumerate(prompts):
+        ids = p + [int(t[i]) for t in steps]
+        got, full = _decode_vs_full(model, ids, len(p))
+        assert [int(x) for x in got.argmax(-1)[:6]] == [int(t[i]) for t in steps]
+        torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+
+
+def test_equal_length_batch_takes_the_lean_branch(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _tiny()
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    singles = [model.generate(p.tolist(), max_new_tokens=5, stop=[]).ids for p in prompts]
+    count = _CountSteps(monkeypatch)
+    got = model.generate(prompts, max_new_tokens=5, stop=[])
+    assert [g.ids for g in got] == singles
+    assert count.calls == 4 * 3  # no padding: no mask, the lean branch at B = 2
+
+
+def test_bfloat16_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without bfloat16 arithmetic: prefill as float32 GEMMs, decode steps through
+    the GEMV kernel when it is available; logits equal the plain bfloat16 forward's to bf16
+    rounding."""
+    from headcount.models import kernels
 
     model = _tiny().to(torch.bfloat16)
     prompt = list(range(3, 40))  # more rows than kernels.MAX_ROWS
     with torch.inference_mode():
-        ref = model(torch.tensor([prompt])).logits[:, -1]
-        monkeypatch.setattr(fastpath, "_native_half", lambda: False)
-        calls: list[int] = []
-        real = torch.Tensor.float
+        ref = model(torch.tensor([[*prompt, 41, 42]])).logits[0, len(prompt) - 1 :]
+    monkeypatch.setattr(generation, "_native_half", lambda: False)
+    floats: list[int] = []
+    gemvs: list[int] = []
+    real_float, real_gemv = torch.Tensor.float, kernels.gemv
 
-        def spy(t: torch.Tensor) -> torch.Tensor:
-            calls.append(t.numel())
-            return real(t)
+    def spy_float(t: torch.Tensor) -> torch.Tensor:
+        floats.append(t.numel())
+        return real_float(t)
 
-        monkeypatch.setattr(torch.Tensor, "float", spy)
-        got = FastDecode(model).prefill(prompt)
-        monkeypatch.setattr(torch.Tensor, "float", real)
-    assert calls  # the float32 GEMM path ran
-    assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), ref.float(), rtol=0.02, atol=0.02)
+    def spy_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        gemvs.append(x.shape[0])
+        return real_gemv(x, w)
+
+    monkeypatch.setattr(kernels, "gemv", spy_gemv)
+    with torch.inference_mode():
+        run = Decoding(model)
+        monkeypatch.setattr(torch.Tensor, "float", spy_float)
+        got = [run.prefill(prompt)]
+        monkeypatch.setattr(torch.Tensor, "float", real_float)
+        got += [run.step(41), run.step(42)]
+    assert floats  # the float32 GEMM path ran for the prompt
+    assert bool(gemvs) == kernels.available()
+    out = torch.cat(got)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.03)
+
+
+@pytest.mark.model
+def test_smollm2_decode_equals_forward_and_batches(smollm2: headcount.Decoder) -> None:
+    prompt = smollm2.tokenizer.encode("To be, or not to be, that is the question:")
+    with torch.inference_mode():
+        cache = smollm2.new_cache(1, len(prompt) + 8)
+        smollm2(torch.tensor([prompt[:-8]]), cache=cache)
+        steps = [smollm2(torch.tensor([[t]]), cache=cache).logits[0] for t in prompt[-8:]]
+        full = smollm2(torch.tensor([prompt])).logits[0, -8:]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=2e-4)
+    texts = [
+        "To be, or not to be, that is the question:",
+        "The capital of France is",
+        "def fibonacci(n):\n    ",
+    ]
+    singles = [smollm2.generate(t, max_new_tokens=12, stop=[]) for t in texts]
+    batch = smollm2.generate(texts, max_new_tokens=12, stop=[])
+    assert [b.ids for b in batch] == [s.ids for s in singles]
+    assert [b.text for b in batch] == [s.text for s in singles]
+    q = quantize_int8(copy.deepcopy(smollm2))
+    assert (
+        q.generate(prompt, max_new_tokens=8, stop=[]).ids
+        == q.generate(prompt, max_new_tokens=8, stop=[], use_cache=False).ids
+    )

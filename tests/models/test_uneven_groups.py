@@ -1,5 +1,6 @@
 """A Decoder whose layers have KV groups of different sizes (as GQA head pruning leaves them):
-the config round-trips, the cache and the fast decode path equal a full recompute, and the model
+the config round-trips, cached decoding (the attention's single-position branch, uneven groups
+padded to one call) equals a full recompute, and the model
 equals an MHA decoder whose K/V rows are repeated per query head."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from torch.testing import assert_close
 
 from headcount.errors import ConfigError
 from headcount.models import Decoder, DecoderConfig
-from headcount.models.fastpath import FastDecode, fast_path_issue
+from headcount.models.generation import Decoding
+from headcount.nn import Attention
 
 SHAPE: dict = dict(
     vocab_size=50,
@@ -120,23 +122,21 @@ def test_cache_decoding_equals_full_forward() -> None:
 
 
 @pytest.mark.parametrize("gate", [False, True])
-def test_fast_step_equals_forward_with_cache(gate: bool) -> None:
+def test_decode_steps_equal_full_forward(gate: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     if gate:
         for attn in model.attention_layers():
             attn.head_gate = torch.linspace(0.0, 1.5, attn.n_heads)
-    assert fast_path_issue(model) is None
+    calls = []
+    real = Attention._step
+    monkeypatch.setattr(Attention, "_step", lambda a, *args: calls.append(1) or real(a, *args))
     prompt, tokens = [3, 1, 4, 1, 5], [9, 2, 6, 5, 3, 5]
     with torch.inference_mode():
-        cache = model.new_cache(1, len(prompt) + len(tokens))
-        ref = [model(torch.tensor([prompt]), cache=cache, last_only=True).logits[:, -1]]
-        ref += [
-            model(torch.tensor([[t]]), cache=cache, last_only=True).logits[:, -1] for t in tokens
-        ]
-        run = FastDecode(model, len(prompt) + len(tokens))
-        got = [run.prefill(prompt)] + [run.step(t) for t in tokens]
-    for a, b in zip(got, ref, strict=True):
-        assert_close(a, b, rtol=1e-4, atol=1e-5)
+        full = model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1 :]
+        run = Decoding(model, len(prompt) + len(tokens))
+        got = torch.cat([run.prefill(prompt)] + [run.step(t) for t in tokens])
+    assert len(calls) == len(tokens) * 3  # every step of every layer took the lean branch
+    assert_close(got, full, rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_generation_equals_recompute() -> None:

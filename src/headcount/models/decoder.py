@@ -17,7 +17,7 @@ from headcount.errors import ShapeError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
-from headcount.nn import Attention, RoPE, key_padding_mask
+from headcount.nn import Attention, RMSNorm, RoPE, key_padding_mask
 
 
 @dataclass
@@ -35,8 +35,9 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
-        return self.down(F.silu(gate) * up)
+        gu = self.gate_up(x)  # (B, T, 2F)
+        d_ff = gu.shape[-1] // 2
+        return self.down(F.silu(gu[..., :d_ff]) * gu[..., d_ff:])
 
 
 class DecoderLayer(nn.Module):
@@ -47,7 +48,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: DecoderConfig, i: int, rope: RoPE, device: Any = None) -> None:
         super().__init__()
         C = cfg.d_model
-        self.attn_norm = nn.RMSNorm(C, eps=cfg.norm_eps, device=device)
+        self.attn_norm = RMSNorm(C, eps=cfg.norm_eps, device=device)
         self.attn = Attention(
             C,
             cfg.n_heads[i],  # type: ignore[index]
@@ -59,7 +60,7 @@ class DecoderLayer(nn.Module):
             group_sizes=cfg.layer_group_sizes(i),
             device=device,
         )
-        self.mlp_norm = nn.RMSNorm(C, eps=cfg.norm_eps, device=device)
+        self.mlp_norm = RMSNorm(C, eps=cfg.norm_eps, device=device)
         self.mlp = SwiGLU(C, cfg.d_ff, device=device)
         # Llama has no norms after the blocks; Gemma's layer sets real ones and reuses `forward`
         self.post_attn_norm: nn.Module = nn.Identity()
@@ -84,6 +85,9 @@ class DecoderLayer(nn.Module):
         weights = None
         if return_weights:
             out, weights = out
+        if type(self.post_attn_norm) is nn.Identity:  # Llama: no norms after the blocks
+            x = x + out
+            return x + self.mlp(self.mlp_norm(x)), weights
         x = x + self.post_attn_norm(out)
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x))), weights
 
@@ -104,7 +108,7 @@ class Decoder(TextModel):
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, self.rope, device) for i in range(config.n_layers)
         )
-        self.norm = nn.RMSNorm(C, eps=config.norm_eps, device=device)
+        self.norm = RMSNorm(C, eps=config.norm_eps, device=device)
         self.lm_head = (
             None
             if config.tie_embeddings
@@ -181,7 +185,7 @@ class Decoder(TextModel):
 
     def generate(
         self,
-        prompt_or_ids: str | Sequence[int] | Tensor,
+        prompt_or_ids: str | Sequence[int] | Tensor | Sequence[str | Sequence[int]],
         max_new_tokens: int = 128,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -198,6 +202,10 @@ class Decoder(TextModel):
         ids and/or strings that end generation (default: the checkpoint's end-of-sequence ids).
         ``on_token(id)`` is called as each token is produced. ``use_cache=False`` recomputes the
         whole sequence every step (a reference for the cache).
+
+        Several prompts (a list of texts or of id lists, or ids ``(B, T)``) decode as one
+        left-padded batch and give a list of `Generation`, each row's greedy tokens those of
+        its prompt alone.
         """
         from headcount.models.generation import generate
 

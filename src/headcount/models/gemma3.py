@@ -29,7 +29,7 @@ from headcount.errors import ConfigError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.decoder import Decoder, DecoderLayer
-from headcount.nn import Attention, RoPE
+from headcount.nn import Attention, RoPE, rms_normalize
 
 
 class GemmaRMSNorm(nn.Module):
@@ -41,9 +41,9 @@ class GemmaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim, device=device))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).type_as(x)
+        h = rms_normalize(x, self.eps)  # float32 at least
+        h = h * (1.0 + self.weight.float())
+        return h if h.dtype == x.dtype else h.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -58,8 +58,9 @@ class GeGLU(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)  # (B, T, F) each
-        return self.down(F.gelu(gate, approximate="tanh") * up)
+        gu = self.gate_up(x)  # (B, T, 2F)
+        d_ff = gu.shape[-1] // 2
+        return self.down(F.gelu(gu[..., :d_ff], approximate="tanh") * gu[..., d_ff:])
 
 
 class Gemma3Layer(DecoderLayer):

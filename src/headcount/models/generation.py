@@ -1,18 +1,27 @@
 """Autoregressive decoding with the per-layer KV cache: greedy, temperature, top-k, top-p.
 
-The loop is kept lean for benchmarking: one forward of one token per step, logits of the last
-position only, no per-step allocation beyond the model's own.
+Generation drives the model and holds no model math: the prompt is one forward through the
+cache, each new token one forward of ``(B, 1)`` ids with ``last_only=True``, whose layers take
+their lean single-position branch (`headcount.nn.Attention` without masks). Several prompts of
+different lengths decode together left-padded: a key padding mask over the cache and per-row
+positions that start at each row's first real token (`generate` with a list of prompts).
+
+The model does not import this module (``Decoder.generate`` / ``stream`` import it lazily).
 """
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 from headcount.errors import ConfigError, ShapeError
 from headcount.models.base import is_id_dtype
@@ -131,13 +140,14 @@ def stream(
     model._check_ids(torch.tensor([prompt]))  # context length and vocabulary
     stop_ids, _ = _stops(model, stop)
     n_new = min(max_new_tokens, model.max_len - len(prompt))
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
-    device = model.embed.weight.device
-    return _decode(
-        model, prompt, n_new, temperature, top_k, top_p, stop_ids, gen, use_cache, device
-    )
+    gen = _generator(model, seed)
+    return _decode(model, prompt, n_new, temperature, top_k, top_p, stop_ids, gen, use_cache)
+
+
+def _generator(model: Decoder, seed: int | None) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=model.embed.weight.device).manual_seed(seed)
 
 
 def _decode(
@@ -150,41 +160,112 @@ def _decode(
     stop_ids: set[int],
     gen: torch.Generator | None,
     use_cache: bool,
-    device: torch.device,
 ) -> Iterator[int]:
     if n_new <= 0:
         return
-    from headcount.models.fastpath import FastDecode, fast_path_issue
-
-    # The lean batch-1 step (same logits as Decoder.forward) unless something needs the full
-    # forward: a weights hook, the eager backend, a model without full RoPE.
-    fast = use_cache and fast_path_issue(model) is None
-    with torch.inference_mode():
+    device = model.embed.weight.device
+    with torch.inference_mode(), half_gemm_as_float(model.embed.weight.dtype):
         ids = torch.tensor([prompt], device=device)  # (1, T)
-        runner = FastDecode(model, max_len=len(prompt) + n_new) if fast else None
-        cache = model.new_cache(1, len(prompt) + n_new) if use_cache and not fast else None
-        if runner is not None:
-            logits = runner.prefill(ids)  # (1, V)
-        else:
-            logits = model(ids, cache=cache, last_only=True).logits[:, -1]  # (1, V)
+        cache = model.new_cache(1, len(prompt) + n_new) if use_cache else None
+        logits = model(ids, cache=cache, last_only=True).logits[:, -1]  # (1, V)
         for step in range(n_new):
             nxt = sample_next(logits, temperature, top_k, top_p, gen)  # (1,)
             token = int(nxt)
             yield token
             if token in stop_ids or step == n_new - 1:
                 return
-            if runner is not None:
-                logits = runner.step(nxt)
-            elif cache is not None:
+            if cache is not None:
                 logits = model(nxt.view(1, 1), cache=cache, last_only=True).logits[:, -1]
             else:
                 ids = torch.cat([ids, nxt.view(1, 1)], dim=1)  # (1, T + step + 1)
                 logits = model(ids, last_only=True).logits[:, -1]
 
 
+def stream_batch(
+    model: Decoder,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Iterator[Tensor]:
+    """Decode several prompts (token ids, different lengths) together; yield the new ids of
+    every row ``(B,)`` per step, ``min(max_new_tokens, max_len - longest prompt)`` steps
+    (the caller stops early when every row is done).
+
+    Rows are left-padded to the longest prompt; ``attention_mask`` hides the padded cache slots
+    and each row's positions count from its first real token, so a row's greedy tokens are
+    those of its prompt decoded alone (to float rounding of the batched matrix products).
+    Sampled rows share one generator, so they differ from single-prompt runs with the seed.
+    """
+    _check_sampling(max_new_tokens, temperature, top_k, top_p)
+    rows = [token_ids(p, "prompt") for p in prompts]
+    if not rows:
+        raise ShapeError("no prompts given")
+    for i, r in enumerate(rows):
+        if not r:
+            raise ShapeError(f"prompt {i} is empty; give at least one token")
+        model._check_ids(torch.tensor([r]))
+    n_new = min(max_new_tokens, model.max_len - max(len(r) for r in rows))
+    return _decode_batch(model, rows, n_new, temperature, top_k, top_p, _generator(model, seed))
+
+
+def _decode_batch(
+    model: Decoder,
+    rows: list[list[int]],
+    n_new: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    gen: torch.Generator | None,
+) -> Iterator[Tensor]:
+    if n_new <= 0:
+        return
+    device = model.embed.weight.device
+    B, T = len(rows), max(len(r) for r in rows)
+    lengths = torch.tensor([len(r) for r in rows], device=device)  # (B,)
+    ids = torch.zeros(B, T, dtype=torch.long, device=device)  # pad id 0: never attended
+    mask = torch.ones(B, T + n_new, dtype=torch.bool, device=device)  # (B, S_max)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r) :] = torch.tensor(r, device=device)
+        mask[i, : T - len(r)] = False
+    padded = bool((lengths != T).any())
+    with torch.inference_mode(), half_gemm_as_float(model.embed.weight.dtype):
+        cache = model.new_cache(B, T + n_new)
+        am = mask[:, :T] if padded else None  # positions follow from the mask
+        logits = model(ids, attention_mask=am, cache=cache, last_only=True).logits[:, -1]
+        for step in range(n_new):
+            nxt = sample_next(logits, temperature, top_k, top_p, gen)  # (B,)
+            yield nxt
+            if step == n_new - 1:
+                return
+            if padded:  # the new token of row i sits at position len_i + step
+                S = T + step + 1
+                out = model(
+                    nxt.view(B, 1),
+                    attention_mask=mask[:, :S],
+                    cache=cache,
+                    positions=(lengths + step).view(B, 1),
+                    last_only=True,
+                )
+            else:
+                out = model(nxt.view(B, 1), cache=cache, last_only=True)
+            logits = out.logits[:, -1]
+
+
+def _is_batch(prompt: Any) -> bool:
+    """Several prompts: a list/tuple of strings or id sequences, or a ``(B, T)`` tensor, B > 1."""
+    if isinstance(prompt, Tensor):
+        return prompt.ndim == 2 and prompt.shape[0] > 1
+    if isinstance(prompt, (list, tuple)) and prompt:
+        return all(isinstance(p, (str, list, tuple, Tensor)) for p in prompt)
+    return False
+
+
 def generate(
     model: Decoder,
-    prompt_or_ids: str | Sequence[int] | Tensor,
+    prompt_or_ids: str | Sequence[int] | Tensor | Sequence[str | Sequence[int]],
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_k: int | None = None,
@@ -193,13 +274,25 @@ def generate(
     seed: int | None = None,
     use_cache: bool = True,
     on_token: Callable[[int], None] | None = None,
-) -> Generation:
-    """Run `stream` to the end; see `Decoder.generate`."""
-    import time
-
-    prompt = _prompt_ids(model, prompt_or_ids)
+) -> Generation | list[Generation]:
+    """Run `stream` to the end; see `Decoder.generate`. Several prompts (a list of texts or of
+    id sequences, or a ``(B, T)`` tensor) decode together as one batch: a list of
+    `Generation`, one per prompt (``on_token`` is then not called)."""
+    if _is_batch(prompt_or_ids):
+        if not use_cache:
+            raise ConfigError("several prompts decode with the cache; use_cache=False is for one")
+        return _generate_batch(
+            model,
+            prompt_or_ids,  # type: ignore[arg-type]
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            stop,
+            seed,
+        )
+    prompt = _prompt_ids(model, prompt_or_ids)  # type: ignore[arg-type]
     stop_ids, stop_strings = _stops(model, stop)
-    text_stops = stop_strings and model.has_tokenizer
     new: list[int] = []
     finish = "length"
     t0 = time.perf_counter()
@@ -215,9 +308,29 @@ def generate(
         if token in stop_ids:
             finish = "stop"
             break
-        if text_stops and any(s in model.tokenizer.decode(new) for s in stop_strings):
+        if _hit_stop_string(model, new, stop_strings):
             finish = "stop"
             break
+    return _result(model, prompt, new, finish, stop_ids, stop_strings, t0, t_first)
+
+
+def _hit_stop_string(model: Decoder, new: list[int], stop_strings: list[str]) -> bool:
+    if not stop_strings or not model.has_tokenizer:
+        return False
+    text = model.tokenizer.decode(new)
+    return any(s in text for s in stop_strings)
+
+
+def _result(
+    model: Decoder,
+    prompt: list[int],
+    new: list[int],
+    finish: str,
+    stop_ids: set[int],
+    stop_strings: list[str],
+    t0: float,
+    t_first: float | None,
+) -> Generation:
     t_end = time.perf_counter()
     text = None
     if model.has_tokenizer:
@@ -232,3 +345,129 @@ def generate(
         if len(new) > 1:
             timings["decode_tokens_per_s"] = (len(new) - 1) / max(t_end - t_first, 1e-9)
     return Generation(prompt, new, text, finish, timings)
+
+
+def _generate_batch(
+    model: Decoder,
+    prompts: Sequence[str | Sequence[int]] | Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    stop: Sequence[int | str] | None,
+    seed: int | None,
+) -> list[Generation]:
+    """`stream_batch` until every row has stopped; one `Generation` per prompt."""
+    items = list(prompts.unbind(0)) if isinstance(prompts, Tensor) else list(prompts)
+    rows = [_prompt_ids(model, p) for p in items]
+    stop_ids, stop_strings = _stops(model, stop)
+    new: list[list[int]] = [[] for _ in rows]
+    finish = ["length"] * len(rows)
+    done = [False] * len(rows)
+    t0 = time.perf_counter()
+    t_first = None
+    for tokens in stream_batch(model, rows, max_new_tokens, temperature, top_k, top_p, seed):
+        if t_first is None:
+            t_first = time.perf_counter()
+        for i, token in enumerate(tokens.tolist()):
+            if done[i]:
+                continue
+            new[i].append(token)
+            if token in stop_ids or _hit_stop_string(model, new[i], stop_strings):
+                done[i], finish[i] = True, "stop"
+        if all(done):
+            break
+    return [
+        _result(model, rows[i], new[i], finish[i], stop_ids, stop_strings, t0, t_first)
+        for i in range(len(rows))
+    ]
+
+
+class Decoding:
+    """Step-by-step batch-1 decoding of ``model`` with its own `ModelCache` of ``max_len``
+    positions, for callers that drive the loop themselves (benchmarks). A driver: the math is
+    the model's own forward.
+
+    ``prefill(ids)`` runs prompt ids after what is cached and returns the last logits
+    ``(1, V)``; ``step(token)`` appends one token and returns its logits. Call both under
+    ``torch.inference_mode()``.
+    """
+
+    def __init__(self, model: Decoder, max_len: int | None = None) -> None:
+        self.model = model
+        self.cache = model.new_cache(1, max_len)
+        self.max_len = self.cache.max_len
+        w = model.embed.weight
+        self.dtype, self.device = w.dtype, w.device
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def prefill(self, ids: Sequence[int] | Tensor) -> Tensor:
+        """Run the ids ``(T,)`` or ``(1, T)`` after what is cached; last logits ``(1, V)``."""
+        t = torch.as_tensor(ids, dtype=torch.long, device=self.device).reshape(1, -1)
+        return self._run(t)
+
+    def step(self, token: int | Tensor) -> Tensor:
+        """Append one token; its logits ``(1, V)``."""
+        if self.cache.length >= self.max_len:
+            raise ShapeError(f"the decode cache is full ({self.max_len} positions); make it larger")
+        return self._run(torch.as_tensor(token, device=self.device).view(1, 1))
+
+    def _run(self, ids: Tensor) -> Tensor:
+        with half_gemm_as_float(self.dtype):
+            return self.model(ids, cache=self.cache, last_only=True).logits[:, -1]
+
+
+# ------------------------------------------------------------ bfloat16 without bf16 units
+def _native_half() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _FloatGemm(TorchFunctionMode):
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            from headcount.models import kernels
+            from headcount.models.quant import Int8Weight
+
+            x, w = args[0], args[1]
+            b = args[2] if len(args) > 2 else kwargs.get("bias")
+            if (
+                isinstance(w, Tensor)
+                and not isinstance(w, Int8Weight)
+                and w.dtype in (torch.bfloat16, torch.float16)
+                and x.dtype == w.dtype
+            ):
+                if x.numel() > kernels.MAX_ROWS * w.shape[1]:  # prefill: a float32 GEMM
+                    bias = None if b is None else b.float()
+                    return F.linear(x.float(), w.float(), bias).to(x.dtype)
+                if w.dtype == torch.bfloat16 and kernels.available():  # decode: the GEMV kernel
+                    y = kernels.gemv(x, w)
+                    return y if b is None else y + b
+        return func(*args, **kwargs)
+
+
+def half_gemm_as_float(dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    """Inside: on a CPU without native bfloat16 (AVX-512 BF16/AMX), where oneDNN's bfloat16
+    matrix products are ~10x slower than float32's, ``F.linear`` on bfloat16/float16 inputs of
+    more than `kernels.MAX_ROWS` rows widens weight and input to float32 and rounds the result
+    back, and bfloat16 inputs of fewer rows (decoding) go through the compiled GEMV kernel when
+    it is available. All accumulate in float32, so results agree to rounding. A no-op for
+    float32 models and on CPUs with bfloat16 units. `generate` decodes inside it."""
+    if dtype not in (torch.bfloat16, torch.float16) or _native_half():
+        return contextlib.nullcontext()
+    return _FloatGemm()

@@ -253,6 +253,20 @@ class Attention(nn.Module):
         ``(y, weights (B, H, T, S))`` with ``return_weights=True``.
         """
         B, T = self._check_input("x", x)
+        if (
+            T == 1
+            and context is None
+            and attention_mask is None
+            and attn_mask is None
+            and positions is None
+            and not return_weights
+            and self.weights_hook is None
+            and self.backend != "eager"
+            and not (self.training and self.dropout)
+            and (self.rope is None or self.rope.rotary_dim == self.head_dim)
+            and (cache is None or cache.window == self.window)
+        ):
+            return self._step(x, cache)
         H, D = self.n_heads, self.head_dim
         if self.window is not None and context is not None:
             raise ConfigError("a sliding window applies to self-attention, not to a context")
@@ -323,6 +337,44 @@ class Attention(nn.Module):
             y = y * self.head_gate.view(1, H, 1, 1).to(y.dtype)
         out = self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))  # (B, T, C)
         return (out, weights) if return_weights else out  # type: ignore[return-value]
+
+    def _step(self, x: Tensor, cache: KVCache | None) -> Tensor:
+        """One new position per row, ``x (B, 1, C) -> (B, 1, C)``, after the ``cache.length``
+        cached ones, attending to all of them (the causal decode step; `forward` takes this
+        path whenever there is no mask, no weights and no explicit positions).
+
+        The fused projection, per-head norms, RoPE on the query and key heads together (rows of
+        the cos/sin table at the cache length), the new key and value written into the cache
+        (KV heads only; a sliding-window layer's ring holds exactly its window), the R query
+        heads of each group folded into query rows against ``(B, G, S, D)`` (`sdpa_attention`;
+        uneven groups: each group padded to max(R) rows, one call), the head gate, ``o_proj``.
+        """
+        B = x.shape[0]
+        H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
+        past = 0
+        if cache is not None:
+            cache.check_compatible(B, G, D, x.dtype)
+            past = cache.length
+        qkv = self.qkv_proj(x).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
+        qk, v = qkv[:, : H + G], qkv[:, H + G :]  # (B, H + G, D), (B, G, D)
+        if self.q_norm is not None or self.k_norm is not None:
+            q, k = qk[:, :H], qk[:, H:]
+            q = q if self.q_norm is None else self.q_norm(q)
+            k = k if self.k_norm is None else self.k_norm(k)
+            qk = torch.cat((q, k), dim=1)
+        if self.rope is not None:
+            cos, _, signed_sin = self.rope.table(past + 1, x.dtype, x.device)
+            qk = self.rope.rotate(qk, cos[past], signed_sin[past])
+        k, v = qk[:, H:, None], v[:, :, None]  # (B, G, 1, D)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, G, S, D): views of the cache
+        sizes = None if self.uniform_groups else self.group_sizes
+        y = sdpa_attention(
+            qk[:, :H, None], k, v, None, is_causal=False, scale=self.scale, group_sizes=sizes
+        )  # (B, H, 1, D)
+        if self.head_gate is not None:
+            y = y * self.head_gate.view(1, H, 1, 1).to(y.dtype)
+        return self.o_proj(y.reshape(B, 1, H * D))
 
     def _band(self, qpos: Tensor, k0: int, k1: int) -> Tensor:
         """``(T, S)`` bool: key at absolute position ``k0 .. k1-1`` is at most W-1 before the query."""

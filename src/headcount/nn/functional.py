@@ -12,6 +12,7 @@ query rows, ``(B, G, R*T, D)`` against ``(B, G, S, D)``, or SDPA's ``enable_gqa`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -89,6 +90,14 @@ def _head_dim(mask: Tensor) -> int:
     return int(mask.shape[-3]) if mask.ndim >= 3 else 1
 
 
+@functools.lru_cache(maxsize=256)
+def _slots(group_sizes: tuple[int, ...], device: torch.device) -> Tensor:
+    """``(H,)``: the row of each query head among ``G * max(group_sizes)`` rows, every group
+    given ``max(group_sizes)`` rows (cached: a decode step asks for it once per layer)."""
+    Rm = max(group_sizes)
+    return torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(device)
+
+
 def _padded_fold(
     q: Tensor,
     k: Tensor,
@@ -103,9 +112,7 @@ def _padded_fold(
     whose outputs are dropped. Copies q (and the output) only, never K or V."""
     B, _, T, D = q.shape
     G, Rm = len(group_sizes), max(group_sizes)
-    slots = torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(
-        q.device
-    )  # (H,): the slot of each query head
+    slots = _slots(tuple(group_sizes), q.device)  # (H,): the slot of each query head
     qp = q.new_zeros(B, G * Rm, T, D).index_copy_(1, slots, q)  # (B, G*Rm, T, D)
     y = F.scaled_dot_product_attention(
         qp.view(B, G, Rm * T, D),

@@ -159,9 +159,14 @@ class KVCache(nn.Module):
             self.length = end
             return self.k[:, :, :end], self.v[:, :, :end]
         keep = min(T, self.slots)  # older new positions would be overwritten at once
-        idx = torch.arange(end - keep, end, device=self.k.device) % self.slots
-        self.k.index_copy_(2, idx, k[:, :, T - keep :])
-        self.v.index_copy_(2, idx, v[:, :, T - keep :])
+        if keep == 1:  # one position (a decode step): a slice, no index tensor
+            slot = (end - 1) % self.slots
+            self.k[:, :, slot : slot + 1].copy_(k[:, :, T - 1 :])
+            self.v[:, :, slot : slot + 1].copy_(v[:, :, T - 1 :])
+        else:
+            idx = torch.arange(end - keep, end, device=self.k.device) % self.slots
+            self.k.index_copy_(2, idx, k[:, :, T - keep :])
+            self.v.index_copy_(2, idx, v[:, :, T - keep :])
         self.length = end
         return self.k[:, :, : self.held], self.v[:, :, : self.held]
 

@@ -36,17 +36,35 @@ class RoPE(nn.Module):
         )
         # A plain attribute, not a buffer: `model.to(torch.bfloat16)` must not round the angles.
         self.inv_freq = inv_freq.float()
-        self._tables: dict[
-            torch.dtype, tuple[Tensor, Tensor]
-        ] = {}  # dtype -> (cos, sin) by position
+        # dtype -> (cos, sin, signed sin) by position; see `table`
+        self._tables: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def table(
+        self, n: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """cos, sin and the signed sin ``[-sin_1 | sin_2]`` of positions ``0 .. >= n-1``, each
+        ``(>= n, rotary_dim)``: a table that grows on demand (every layer asks for the same
+        positions). Entries are ``cos(float32(pos) * inv_freq)`` computed in float32, exactly as
+        HuggingFace computes them per call, so results are bit-identical to that."""
+        table = self._tables.get(dtype)
+        if table is None or table[0].shape[0] < n or table[0].device != device:
+            n = max(n, 2 * table[0].shape[0] if table is not None else 256)
+            pos = torch.arange(n, device=device, dtype=torch.float32)
+            freqs = pos[:, None] * self.inv_freq.to(device)  # (n, rotary_dim/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
+            cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+            half = self.rotary_dim // 2
+            table = (cos, sin, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
+            self._tables[dtype] = table
+        return table
 
     def cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos and sin of shape ``(T, rotary_dim)`` or ``(B, T, rotary_dim)`` for integer positions.
+        """cos and sin of shape ``(T, rotary_dim)`` or ``(B, T, rotary_dim)`` for integer
+        positions, looked up in `table`."""
+        table = self._lookup(positions, dtype)
+        return table[0], table[1]
 
-        Looked up in a table that grows on demand (every layer of a model asks for the same
-        positions). Table entries are computed as ``cos(float32(pos) * inv_freq)`` in float32,
-        exactly as HuggingFace computes them per call, so results are bit-identical to that.
-        """
+    def _lookup(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
         if (
             positions.dtype.is_floating_point
             or positions.dtype.is_complex
@@ -55,22 +73,24 @@ class RoPE(nn.Module):
             raise DTypeError(f"positions must be an integer tensor, got {positions.dtype}")
         if positions.numel() == 0:
             shape = (*positions.shape, self.rotary_dim)
-            return positions.new_zeros(shape, dtype=dtype), positions.new_zeros(shape, dtype=dtype)
+            zero = positions.new_zeros(shape, dtype=dtype)
+            return zero, zero, zero
         lo, hi = (int(v) for v in positions.aminmax())
         if lo < 0:  # indexing the table with it would read an entry from its end
             raise ShapeError(f"positions must be >= 0, got {lo}")
-        need = hi + 1
-        table = self._tables.get(dtype)
-        if table is None or table[0].shape[0] < need or table[0].device != positions.device:
-            n = max(need, 2 * table[0].shape[0] if table is not None else 256)
-            pos = torch.arange(n, device=positions.device, dtype=torch.float32)
-            freqs = pos[:, None] * self.inv_freq.to(positions.device)  # (n, rotary_dim/2)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
-            table = (emb.cos().to(dtype), emb.sin().to(dtype))
-            self._tables[dtype] = table
+        table = self.table(hi + 1, dtype, positions.device)
         if positions.dtype != torch.long:  # uint8 would index as a mask
             positions = positions.long()
-        return table[0][positions], table[1][positions]
+        return table[0][positions], table[1][positions], table[2][positions]
+
+    def rotate(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+        """``x (..., D)`` rotated by ``cos`` and ``signed_sin`` rows of `table` broadcast to it,
+        every dim of ``x`` (``rotary_dim`` of them): ``x * cos + swap_halves(x) *
+        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``. The decode
+        step's RoPE: four ops for any number of heads."""
+        D = x.shape[-1]
+        swapped = x.unflatten(-1, (2, D // 2)).flip(-2).flatten(-2)  # [x2 | x1]
+        return x * cos + swapped * signed_sin
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x (B, N, T, D)`` at absolute ``positions`` of shape ``(T,)`` or ``(B, T)``."""
@@ -81,15 +101,13 @@ class RoPE(nn.Module):
             raise ShapeError(
                 f"positions must be (T,) or (B, T) with T={T}, got {tuple(positions.shape)}"
             )
-        cos, sin = self.cos_sin(positions, x.dtype)
+        cos, _, signed_sin = self._lookup(positions, x.dtype)
         if cos.ndim == 3:  # (B, T, R) -> (B, 1, T, R): one rotation for every head
-            cos, sin = cos[:, None], sin[:, None]
+            cos, signed_sin = cos[:, None], signed_sin[:, None]
         r = self.rotary_dim
-        x_rot, x_pass = x[..., :r], x[..., r:]
-        x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2 :]
-        rotated = torch.cat((-x2, x1), dim=-1)  # rotate_half
-        out = x_rot * cos + rotated * sin
-        return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+        if r == self.head_dim:
+            return self.rotate(x, cos, signed_sin)
+        return torch.cat((self.rotate(x[..., :r], cos, signed_sin), x[..., r:]), dim=-1)
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, base={self.base:g}"

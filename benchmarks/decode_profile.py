@@ -1,0 +1,136 @@
+"""Per-op profile of one batch-1 decode step of SmolLM2: aten ops, µs and dispatch overhead per layer.
+
+For each dtype (fp32, bf16; the model loaded with ``headcount.load("smollm2", dtype=...)``) and
+each decode path it finds, a 64-token prompt fills the cache, then:
+
+* wall time: the median of ``--steps`` unprofiled greedy steps (µs per step and per layer);
+* under ``torch.profiler`` (CPU) for ``--profiled`` steps: aten ops per step (every ``aten::``
+  event, nested ones included: each one is a trip through the dispatcher), top-level aten ops
+  (those the Python code calls), and the ops' self time summed (the kernels' work, each op's
+  time minus the ops it calls);
+* dispatch overhead per layer = wall time minus that op self time, divided by the layers: the
+  Python, argument parsing and dispatcher time between kernels. Work done outside the
+  dispatcher (a kernel called through ctypes) counts as overhead too, and the allocations and
+  checks inside an op count as its self time, so it is an estimate, not an exact split.
+
+Paths: ``forward`` is ``model(token, cache=..., last_only=True)`` (`Decoder.forward`);
+``fastdecode`` is ``headcount.models.fastpath.FastDecode.step`` when that class still exists.
+Per-layer numbers divide the whole step (embedding, final norm and logits included) by the layers.
+
+Run: ``.venv/bin/python benchmarks/decode_profile.py [--threads 1] [--steps 48] [--top 12]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import headcount
+
+PROMPT_T = 64
+
+
+def _paths(model: Any, cache_len: int) -> dict[str, Callable[[int], int]]:
+    """name -> step(token) -> next greedy token, each with its own filled cache."""
+    prompt = torch.arange(100, 100 + PROMPT_T).view(1, -1)
+    paths: dict[str, Callable[[int], int]] = {}
+    cache = model.new_cache(1, cache_len)
+    model(prompt, cache=cache, last_only=True)
+
+    def forward(tok: int) -> int:
+        t = torch.tensor([[tok]])
+        return int(model(t, cache=cache, last_only=True).logits[0, -1].argmax())
+
+    paths["forward"] = forward
+    try:
+        from headcount.models import fastpath
+    except ImportError:
+        return paths
+    fd_cls = getattr(fastpath, "FastDecode", None)
+    if fd_cls is not None and hasattr(fd_cls, "step"):
+        run = fd_cls(model, cache_len)
+        run.prefill(prompt[0].tolist())
+
+        def fast(tok: int) -> int:
+            return int(run.step(tok).argmax())
+
+        paths["fastdecode"] = fast
+    return paths
+
+
+def _profile(step: Callable[[int], int], steps: int, profiled: int, top: int) -> dict[str, Any]:
+    tok = 1000
+    for _ in range(8):
+        tok = step(tok)  # warm
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        tok = step(tok)
+        times.append(time.perf_counter() - t0)
+    wall = statistics.median(times)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(profiled):
+            tok = step(tok)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top_level = [
+        e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")
+    ]
+    op_self = sum(e.self_cpu_time_total for e in events) / profiled  # µs per step
+    calls: Counter[str] = Counter()
+    self_us: Counter[str] = Counter()
+    for e in events:
+        calls[e.name] += 1
+        self_us[e.name] += e.self_cpu_time_total
+    table = [
+        (name, calls[name] / profiled, us / profiled)
+        for name, us in sorted(self_us.items(), key=lambda kv: -kv[1])
+    ][:top]
+    return {
+        "wall_us": wall * 1e6,
+        "ops": len(events) / profiled,
+        "top_ops": len(top_level) / profiled,
+        "op_us": op_self,
+        "table": table,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=48, help="timed steps (median)")
+    ap.add_argument("--profiled", type=int, default=8, help="steps under the profiler")
+    ap.add_argument("--top", type=int, default=10, help="aten ops listed per run")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {a.threads} threads, prompt {PROMPT_T} tokens, batch 1\n")
+    for name in a.dtypes.split(","):
+        dtype = getattr(torch, name)
+        model = headcount.load("smollm2", dtype=dtype).eval()
+        L = model.config.n_layers
+        with torch.inference_mode():
+            for path, step in _paths(model, PROMPT_T + a.steps + a.profiled + 16).items():
+                r = _profile(step, a.steps, a.profiled, a.top)
+                over = r["wall_us"] - r["op_us"]
+                print(
+                    f"## {name} {path}: {r['wall_us'] / 1e3:.2f} ms/step, "
+                    f"{r['wall_us'] / L:.0f} µs/layer; aten ops/layer {r['ops'] / L:.1f} "
+                    f"(top-level {r['top_ops'] / L:.1f}); op self time {r['op_us'] / L:.0f} "
+                    f"µs/layer; dispatch overhead {over / L:.0f} µs/layer ({over / r['wall_us']:.0%})"
+                )
+                print("   aten op                                  calls/step  self µs/step")
+                for op, n, us in r["table"]:
+                    print(f"   {op:<40} {n:>10.0f} {us:>13.0f}")
+                print()
+        del model
+
+
+if __name__ == "__main__":
+    main()
