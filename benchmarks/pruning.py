@@ -11,8 +11,8 @@ Michel's importance on ``--score-tokens`` tokens of Othello):
 
 Measures, variants interleaved round by round, medians: prefill tokens/s at 1K and 8K tokens (one
 forward over the prompt that fills the cache), and decode tokens/s at 1K and 8K context (the
-batch-1 `FastDecode` step, the path ``generate`` uses, ``--new`` tokens after a prompt of that
-length). Beside them, measured in the same run: read bandwidth and fp32 matmul FLOP/s, the
+batch-1 decode step (`Decoding`: the model forward ``generate`` uses), ``--new`` tokens after a
+prompt of that length). Beside them, measured in the same run: read bandwidth and fp32 matmul FLOP/s, the
 bytes one decode step must read (weights + KV cache at that context) and the bandwidth floor
 they imply.
 
@@ -32,7 +32,7 @@ import torch
 from timing import median_ms
 
 import headcount
-from headcount.models.fastpath import FastDecode
+from headcount.models.generation import Decoding
 from headcount.prune import LanguageModeling, remove_heads, schedule
 
 GB = 1e9
@@ -69,8 +69,8 @@ def prefill_s(model: headcount.Decoder, ids: torch.Tensor) -> float:
 
 
 def decode_s(model: headcount.Decoder, ids: torch.Tensor, new: int) -> float:
-    """Seconds per token of ``new`` greedy FastDecode steps after a prompt of ``ids``."""
-    run = FastDecode(model, max_len=ids.shape[1] + new + 1)
+    """Seconds per token of ``new`` greedy decode steps after a prompt of ``ids``."""
+    run = Decoding(model, max_len=ids.shape[1] + new + 1)
     with torch.inference_mode():
         logits = run.prefill(ids[0])
         tok = int(logits.argmax())

@@ -221,7 +221,7 @@ def run_one(
 
 def speed(s: Setup, res: Results) -> None:
     """Decode tokens/s at ``--context`` positions and KV bytes, for each KV-head count."""
-    from headcount.models.fastpath import FastDecode
+    from headcount.models.generation import Decoding
 
     a = s.args
     assert s.decoder, "decode speed needs a decoder"
@@ -235,7 +235,7 @@ def speed(s: Setup, res: Results) -> None:
         decoders = {}
         with torch.inference_mode():
             for k, m in ms.items():
-                fd = FastDecode(m, a.context + a.steps * a.rounds + 8)
+                fd = Decoding(m, a.context + a.steps * a.rounds + 8)
                 t0 = time.perf_counter()
                 logits = fd.prefill(ids)
                 log(f"{dtype} {k}: prefill {len(ids)} in {time.perf_counter() - t0:.1f} s")
