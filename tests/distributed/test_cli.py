@@ -4,12 +4,15 @@ report; the other ranks print and write nothing; other commands refuse to run un
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from headcount import load
 from headcount.cli.main import main
 from tests.distributed.launch import ROOT, base_env
 from tests.distributed.workers import TEXT
@@ -75,3 +78,27 @@ def test_other_commands_refuse_torchrun(
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["kv", "smollm2"]) == 2
     assert "only analyze, importance" in capsys.readouterr().err
+
+
+def test_torchrun_convert_uptrains_to_the_one_process_weights(
+    decoder_dir: Path, tmp_path: Path
+) -> None:
+    """2 processes share each batch of 3 windows (2 rows and 1; the last batch of 1 row is rank
+    0's alone), checkpoint every 2 steps, and rank 0 writes the model and report."""
+    argv = ["convert", str(decoder_dir), "--kv-heads", "1", "--tokens", "512", "--window", "32"]
+    argv += ["--batch-size", "3", "--uptrain-tokens", "480", "--checkpoint-every", "2"]
+    argv += ["--lr", "3e-3", "--warmup", "2", "--eval-tokens", "64"]
+    done = torchrun(2, *argv, "-o", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report: ") == 1 and done.stderr.count("loading ") == 1  # rank 0
+    assert main([*argv, "-o", str(tmp_path / "one")]) == 0
+    two, one = load(tmp_path / "two"), load(tmp_path / "one")
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[k], v, rtol=1e-4, atol=1e-6, msg=k)
+    losses = [
+        json.loads((tmp_path / d / "report" / "convert.json").read_text())["uptraining"]["losses"]
+        for d in ("two", "one")
+    ]
+    assert len(losses[0]) == len(losses[1]) >= 4
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # checkpoints removed

@@ -8,6 +8,11 @@ Uptraining checkpoints go to ``DIR.uptrain/`` beside the output folder ``DIR``: 
 keeps the last checkpoint; the same command with ``--resume`` continues it to the weights an
 uninterrupted run reaches. ``DIR`` itself is written atomically at the end, and ``DIR.uptrain/``
 is then removed.
+
+Under ``torchrun --nproc-per-node N -m headcount convert ...`` every rank loads and converts the
+model, uptraining is data-parallel (`headcount.distributed.data_parallel`: the same global batches
+and weights as one process) with a sharded checkpoint ``DIR.uptrain/uptrain.dcp/`` that any number
+of processes resumes; rank 0 alone evaluates, prints, shows progress and writes ``DIR``.
 """
 
 from __future__ import annotations
@@ -202,6 +207,12 @@ class Checkpoints:
         self.checkpoint = self.folder / CHECKPOINT
         self.record = self.folder / RUN_FILE
 
+    def exists(self) -> bool:
+        """A checkpoint to resume: the one-process file or a sharded one (torchrun)."""
+        from headcount.distributed import checkpoint as sharded
+
+        return self.checkpoint.is_file() or sharded.find(self.folder) is not None
+
     def prepare(self, run: dict[str, Any], *, resume: bool, force: bool) -> None:
         """Check the folder against what was asked: a checkpoint to continue (``resume``, from
         the same ``run``), or none in the way of a new run (``force`` deletes an earlier one).
@@ -211,7 +222,9 @@ class Checkpoints:
 
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"{self.folder} exists and is not a folder; it holds checkpoints")
-        ours = {self.checkpoint.name, self.record.name}
+        from headcount.distributed import checkpoint as sharded
+
+        ours = {self.checkpoint.name, self.record.name, *sharded.names()}
         others = sorted(
             p.name
             for p in (self.folder.iterdir() if self.folder.is_dir() else [])
@@ -223,7 +236,7 @@ class Checkpoints:
                 f"({', '.join(others[:3])}); move them or choose another output folder"
             )
         if resume:
-            if not self.checkpoint.is_file():
+            if not self.exists():
                 raise UsageError(
                     f"--resume: no uptraining checkpoint in {self.folder}; run without --resume "
                     "to start one"
@@ -241,7 +254,7 @@ class Checkpoints:
                     f"{self.checkpoint} was written by a different run ({detail}); repeat that "
                     "run's options to resume it, or start afresh with --force"
                 )
-        elif self.checkpoint.exists():
+        elif self.exists():
             if not force:
                 raise UsageError(
                     f"{self.folder} holds the uptraining checkpoint of an earlier run; pass "
@@ -258,8 +271,11 @@ class Checkpoints:
 
     def remove(self) -> None:
         """Delete the checkpoint, the record and the folder (once the result is saved)."""
+        from headcount.distributed import checkpoint as sharded
+
         for path in (self.checkpoint, self.record):
             path.unlink(missing_ok=True)
+        sharded.remove(self.folder)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 
@@ -307,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
     from headcount.cli.importance import encode_prefix, objective_for, read_text, text_name
     from headcount.cli.prune import Quality
     from headcount.convert import convert, uptrain
+    from headcount.distributed import World
     from headcount.loaders.registry import resolve
     from headcount.loaders.saved import META
     from headcount.models.save import model_sources
@@ -314,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from headcount.report.write import check_apart, prepare_target
 
     check_args(args)
+    world = getattr(args, "world", None) or World()  # under torchrun: rank 0 writes
     kv_heads = parse_kv_heads(args.kv_heads)
     out = args.output.expanduser().absolute()
     source = resolve(args.model)
@@ -321,7 +339,9 @@ def run(args: argparse.Namespace) -> int:
     for folder in (out, ckpt.folder):
         check_apart(folder, source)
     if out.exists():  # fail fast on an occupied folder (creates nothing)
-        prepare_target(out, force=args.force, marker=META, what="saved model")
+        on_main(
+            world, lambda: prepare_target(out, force=args.force, marker=META, what="saved model")
+        )
     budget = (
         {"tokens": args.uptrain_tokens}
         if args.uptrain_tokens is not None
@@ -349,10 +369,11 @@ def run(args: argparse.Namespace) -> int:
         **training,
     }
     if uptraining(args):
-        ckpt.prepare(record, resume=args.resume, force=args.force)
+        on_main(world, lambda: ckpt.prepare(record, resume=args.resume, force=args.force))
     text = read_text(args)
     eval_text = read_text(args, play=args.eval_play)
-    print(f"loading {args.model} ...", file=sys.stderr)
+    if world.is_main:
+        print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)
     for path in model_sources(model):
         for folder in (out, ckpt.folder):
@@ -367,7 +388,8 @@ def run(args: argparse.Namespace) -> int:
     calibration = (
         encode_prefix(model.tokenizer, text, args.fit_tokens) if args.method == "fit" else None
     )
-    print(f"converting ({args.method}) ...", file=sys.stderr)
+    if world.is_main:
+        print(f"converting ({args.method}) ...", file=sys.stderr)
     converted = convert(
         model,
         kv_heads,
@@ -376,7 +398,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         window=min(args.window, model.max_len),
     )
-    prepare_target(out, force=args.force, marker=META, what="saved model")
+    on_main(world, lambda: prepare_target(out, force=args.force, marker=META, what="saved model"))
+    if not world.is_main:  # the other ranks only train
+        if objective is not None:
+            world.barrier()  # rank 0 has evaluated and written the run's record
+            uptrain(converted, objective, **uptrain_options(args, model, ckpt), world=world)
+        return 0
     quality = Quality(model, eval_text, args.eval_tokens, args.eval_play, reference="original")
 
     bars = Bars()
@@ -386,24 +413,15 @@ def run(args: argparse.Namespace) -> int:
         result, uptrained_q = None, None
         if objective is not None:
             ckpt.start(record)
+            world.barrier()
             bar = UptrainBar(args.uptrain_tokens, args.uptrain_minutes)
             try:
                 result = uptrain(
                     converted,
                     objective,
-                    teacher=model,
-                    tokens=args.uptrain_tokens,
-                    minutes=args.uptrain_minutes,
-                    loss=args.loss,
-                    params=args.params,
-                    lr=args.lr,
-                    warmup=args.warmup,
-                    grad_accum=args.grad_accum,
-                    checkpoint_dir=ckpt.folder,
-                    checkpoint_every=args.checkpoint_every,
-                    resume=args.resume,
-                    seed=args.seed,
+                    **uptrain_options(args, model, ckpt),
                     progress=bar,
+                    world=world,
                 )
             except KeyboardInterrupt:
                 bar.close()
@@ -432,6 +450,7 @@ def run(args: argparse.Namespace) -> int:
                 "eval_play": args.eval_play,
                 "eval_tokens": args.eval_tokens,
                 "seconds": round(time.perf_counter() - t0, 1),
+                "processes": world.size if world.distributed else None,
             }.items()
             if v is not None
         },
@@ -445,9 +464,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def uptrain_options(args: argparse.Namespace, teacher: Any, ckpt: Checkpoints) -> dict[str, Any]:
+    """The keyword arguments of `headcount.uptrain` that the command line sets."""
+    return dict(
+        teacher=teacher,
+        tokens=args.uptrain_tokens,
+        minutes=args.uptrain_minutes,
+        loss=args.loss,
+        params=args.params,
+        lr=args.lr,
+        warmup=args.warmup,
+        grad_accum=args.grad_accum,
+        checkpoint_dir=ckpt.folder,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        seed=args.seed,
+    )
+
+
+def on_main(world: Any, fn: Any) -> None:
+    """``fn`` (a check or preparation that raises `UsageError` or a `HeadcountError`) on rank 0
+    only; its error is raised on every rank (`World.on_main`), so none waits for a rank 0 that
+    stopped."""
+    from headcount.cli.main import UsageError
+    from headcount.errors import ConfigError
+
+    def guarded() -> None:
+        try:
+            fn()
+        except UsageError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    if not world.distributed:
+        fn()
+        return
+    world.on_main(guarded)
+
+
 def interrupted(ckpt: Checkpoints) -> str:
     """The message for Ctrl-C during uptraining (a checkpoint-less folder is removed)."""
-    if ckpt.checkpoint.is_file():
+    if ckpt.exists():
         return (
             f"headcount convert: interrupted; the last uptraining checkpoint is kept in "
             f"{ckpt.folder}: run the same command with --resume to continue it"
