@@ -27,9 +27,9 @@ COMMANDS: tuple[str, ...] = (
     "prune",
     "convert",
 )
-# Subcommands that run data-parallel under torchrun (WORLD_SIZE > 1): each rank scores its
-# share, rank 0 writes. See headcount.distributed.
-DISTRIBUTED: tuple[str, ...] = ("analyze", "importance")
+# Subcommands that run data-parallel under torchrun (WORLD_SIZE > 1): each rank scores (or trains
+# on) its share, rank 0 writes. See headcount.distributed.
+DISTRIBUTED: tuple[str, ...] = ("analyze", "importance", "prune", "convert")
 
 
 class UsageError(Exception):

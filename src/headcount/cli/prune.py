@@ -215,7 +215,9 @@ class Quality:
 def run(args: argparse.Namespace) -> int:
     from headcount import load
     from headcount.cli.analyze import Bars
+    from headcount.cli.convert import on_main
     from headcount.cli.importance import objective_for, read_text, text_name
+    from headcount.distributed import World
     from headcount.loaders.registry import resolve
     from headcount.loaders.saved import META
     from headcount.prune import check_fraction, recover, remove_heads, schedule
@@ -223,28 +225,27 @@ def run(args: argparse.Namespace) -> int:
     from headcount.report.write import check_apart, prepare_target
 
     check_args(args)
+    world = getattr(args, "world", None) or World()  # torchrun: every rank recovers, rank 0 writes
     out = args.output.expanduser().absolute()
     check_apart(out, resolve(args.model))
     if out.exists():  # fail fast on an occupied folder (creates nothing)
-        prepare_target(out, force=args.force, marker=META, what="saved model")
+        on_main(
+            world, lambda: prepare_target(out, force=args.force, marker=META, what="saved model")
+        )
     text = read_text(args)
     eval_text = read_text(args, play=args.eval_play)
-    print(f"loading {args.model} ...", file=sys.stderr)
+    if world.is_main:
+        print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)
     for source in (model.source, model.tokenizer.source if model.has_tokenizer else ""):
         if source:
             check_apart(out, source)
     check_fraction(model, args.fraction, args.unit)
     objective = objective_for(model, text, args.tokens, args.window, gates=args.by == "gates")
-    prepare_target(out, force=args.force, marker=META, what="saved model")
-    quality = Quality(model, eval_text, args.eval_tokens, args.eval_play)
+    on_main(world, lambda: prepare_target(out, force=args.force, marker=META, what="saved model"))
 
-    t0 = time.perf_counter()
-    bars = Bars()
-    rec_bar = None
-    try:
-        full_q = quality(model, bars, "eval full")
-        sched = schedule(
+    def ranking(progress: Any) -> Any:
+        return schedule(
             model,
             objective,
             [args.fraction],
@@ -254,8 +255,24 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             lam=args.lam,
             gate_steps=args.gate_steps,
-            progress=bars,
+            progress=progress,
         )
+
+    if not world.is_main:  # the same ranking on every rank; recovery data-parallel
+        pruned = remove_heads(model, ranking(None).masks[float(args.fraction)])
+        if args.recover_minutes is not None:
+            recover(
+                pruned, model, objective, minutes=args.recover_minutes, seed=args.seed, world=world
+            )
+        return 0
+    quality = Quality(model, eval_text, args.eval_tokens, args.eval_play)
+
+    t0 = time.perf_counter()
+    bars = Bars()
+    rec_bar = None
+    try:
+        full_q = quality(model, bars, "eval full")
+        sched = ranking(bars)
         keep = sched.masks[float(args.fraction)]
         pruned = remove_heads(model, keep)
         pruned_q = quality(pruned, bars, "eval pruned")
@@ -269,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 minutes=args.recover_minutes,
                 seed=args.seed,
                 progress=rec_bar,
+                world=world,
             )
             rec_bar.close()
             recovered_q = quality(pruned, bars, "eval recovered")
