@@ -308,7 +308,7 @@ class UptrainBar:
             eta: float | None = max(self.seconds - elapsed, 0.0)
         else:
             self.bar.n = min(tokens, self.bar.total)
-            eta = (self.bar.total - tokens) / rate if rate > 0 else None
+            eta = max(self.bar.total - tokens, 0) / rate if rate > 0 else None
         speed = f"{rate:,.0f} tok/s" if rate > 0 else "? tok/s"
         left = "?" if eta is None else self.format_interval(eta)
         self.bar.set_postfix_str(f"step {step}, loss {loss:.4f}, {speed}, ETA {left}")
