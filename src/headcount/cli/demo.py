@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from headcount.cli.main import int_in
+
 DEMO_TOKENS = 3072
 DEMO_OUTPUT = Path("out/demo-report")
 
@@ -20,7 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"report folder (default {DEMO_OUTPUT})",
     )
     p.add_argument(
-        "--tokens", type=int, default=DEMO_TOKENS, help=f"text tokens (default {DEMO_TOKENS})"
+        "--tokens", type=int_in(1), default=DEMO_TOKENS, help=f"text tokens (default {DEMO_TOKENS})"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier report in that folder (only while it holds nothing but the "
+        "report's own files)",
     )
     p.set_defaults(func=run)
 
@@ -41,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         conllu=None,
         no_syntax=False,
         output=args.output,
-        force=True,  # replaces an earlier demo report only, never other files (see prepare_target)
+        force=args.force,  # an earlier report holding only its own files (see prepare_target)
     )
     code = analyze.run(ns)
     if code == 0:

@@ -1,7 +1,8 @@
 """Report folders and saved checkpoints with reports inside, written atomically through
 `headcount.outputs` (built in a temporary sibling, then renamed into place), with `ReportError`
-for what cannot be written. Report folders carry a marker file; a saved model is recognised by
-its ``headcount.json``."""
+for what cannot be written. Report folders carry a marker file that lists every file the report
+wrote, so ``--force`` replaces an earlier report only while it holds nothing else (a user's own
+files in it are never deleted); a saved model is recognised by its ``headcount.json``."""
 
 from __future__ import annotations
 
@@ -35,10 +36,17 @@ def prepare_target(
     returns its absolute path and creates nothing.
 
     Allowed: a new folder, an empty folder, or (with ``force``) a folder that holds an earlier
-    one, recognised by the file ``marker``. Anything else raises `ReportError` before any work.
+    one, recognised by the file ``marker``; an earlier report (``marker=MARKER``) must hold
+    nothing but the files its marker lists. Anything else raises `ReportError` before any work.
     """
     return outputs.prepare_target(
-        out_dir, marker=marker, what=what, force=force, force_flag="--force", error=ReportError
+        out_dir,
+        marker=marker,
+        what=what,
+        force=force,
+        force_flag="--force",
+        error=ReportError,
+        listing=MARKER if marker == MARKER else None,
     )
 
 
@@ -49,13 +57,14 @@ def check_apart(out_dir: str | Path, source: str | Path, what: str = "the model'
 
 def write_folder(out: Path, fill: Callable[[Path], None], command: str) -> None:
     """Run ``fill(folder)`` on a fresh temporary sibling of ``out`` (with the report marker),
-    then move it into place. ``out`` comes from `prepare_target`."""
+    then move it into place; the marker lists every file written. ``out`` comes from
+    `prepare_target`."""
 
     def marked(tmp: Path) -> None:
         (tmp / MARKER).write_text(f"written by headcount {command}\n", encoding="utf-8")
         fill(tmp)
 
-    outputs.write_atomically(out, marked, error=ReportError)
+    outputs.write_atomically(out, marked, error=ReportError, listing=MARKER)
 
 
 def write_report(analysis: HeadAnalysis, out_dir: str | Path, *, force: bool = False) -> Path:
