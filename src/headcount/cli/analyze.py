@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from headcount.cli.main import int_in
+
 DEFAULT_TOKENS = 4096
 
 
@@ -29,12 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--play", help="one play of the corpus (default: the calibration plays)")
     p.add_argument(
         "--tokens",
-        type=int,
+        type=int_in(1),
         default=DEFAULT_TOKENS,
         help=f"text tokens to read (default {DEFAULT_TOKENS})",
     )
     p.add_argument(
-        "--chunk", type=int, default=512, help="positions per forward pass (default 512)"
+        "--chunk", type=int_in(2), default=512, help="positions per forward pass (default 512)"
     )
     syn = p.add_mutually_exclusive_group()
     syn.add_argument(
@@ -57,12 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_text(args: argparse.Namespace) -> str:
     """The text to analyse: a file, or the corpus without its Project Gutenberg header."""
     if args.text is not None:
-        try:
-            return Path(args.text).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            from headcount.heads import TextError
+        from headcount.cli.main import read_text_file
 
-            raise TextError(f"{args.text} is not UTF-8 text: {exc}") from exc
+        return read_text_file(args.text, "--text")
     from headcount import corpus
 
     text = (
@@ -128,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_syntax:
         from importlib.resources import files
 
+        from headcount.cli.main import check_file
+
         source = (
-            args.conllu
+            check_file(args.conllu, "--conllu")
             if args.conllu is not None
             else Path(str(files("headcount") / "data" / "sample.conllu"))
         )

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from headcount.cli.main import int_in
+
 DEFAULT_TOKENS = 2048
 DEFAULT_WINDOW = 256
 
@@ -23,11 +25,11 @@ def add_text_options(p: argparse.ArgumentParser, tokens: int = DEFAULT_TOKENS) -
         help="one Shakespeare play (default: the calibration plays, Gutenberg header stripped)",
     )
     p.add_argument(
-        "--tokens", type=int, default=tokens, help=f"text tokens to read (default {tokens})"
+        "--tokens", type=int_in(0), default=tokens, help=f"text tokens to read (default {tokens})"
     )
     p.add_argument(
         "--window",
-        type=int,
+        type=int_in(0),
         default=DEFAULT_WINDOW,
         help=f"decoders: tokens per example (default {DEFAULT_WINDOW}; at most the model's "
         "context). Encoders score (line, next line) pairs instead",

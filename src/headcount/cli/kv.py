@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
 
     dtype = canonical_dtype(args.dtype)
     wdtype = canonical_dtype(args.weights_dtype or dtype)
-    batch = parse_count(args.batch, "--batch")
-    memory = parse_size(args.memory) if args.memory is not None else None
-    context = parse_count(args.context, "--context") if args.context is not None else None
+    batch = _bounded(parse_count, args.batch, "--batch", MAX_BATCH)
+    memory = _bounded(parse_size, args.memory, "--memory", MAX_MEMORY) if args.memory else None
+    context = (
+        _bounded(parse_count, args.context, "--context", MAX_CONTEXT) if args.context else None
+    )
     shape = load_shape(args.model)
     if context is None:
         if shape.max_context is None:
@@ -68,6 +71,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("\n".join(_table(shape, rows, context, batch, dtype, wdtype, memory)))
     return 0
+
+
+# Far beyond any model or machine, and small enough for exact float arithmetic on the results.
+MAX_CONTEXT = 2**40  # tokens (1,099,511,627,776)
+MAX_BATCH = 2**31
+MAX_MEMORY = 2**70  # bytes (1 ZiB)
+
+
+def _bounded(parse: Callable[..., int], text: str, option: str, limit: int) -> int:
+    """``parse(text)`` (with ``option`` for its message, when it takes one), refused above
+    ``limit``: a 400-digit number would overflow the float arithmetic that follows."""
+    most = f"at most {limit:,}" + (" bytes" if option == "--memory" else "")
+    if len(text) > 40:
+        raise ConfigError(f"{option} is {len(text)} characters long; {most} is allowed")
+    try:
+        value = parse(text) if parse.__name__ == "parse_size" else parse(text, option)
+    except OverflowError as exc:
+        raise ConfigError(f"{option} {text!r} is too large; {most}") from exc
+    if value > limit:
+        raise ConfigError(f"{option} {text!r} is too large; {most}")
+    return value
 
 
 def _as_json(

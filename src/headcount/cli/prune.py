@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from headcount.cli.importance import add_text_options
+from headcount.cli.main import finite, int_in
 
 UNITS = ("head", "group")
 DEFAULT_EVAL_PLAY = "macbeth"
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model name or path, e.g. smollm2")
     p.add_argument(
         "--fraction",
-        type=float,
+        type=finite,
         required=True,
         metavar="F",
         help="share of the units to remove, in [0, 1); every layer keeps one",
@@ -52,20 +53,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_text_options(p)
     p.add_argument(
-        "--step", type=float, default=0.1, help="iterative: share removed per round (default 0.1)"
+        "--step", type=finite, default=0.1, help="iterative: share removed per round (default 0.1)"
     )
     p.add_argument(
-        "--lam", type=float, default=0.01, help="gates: weight of the L0 penalty (default 0.01)"
+        "--lam", type=finite, default=0.01, help="gates: weight of the L0 penalty (default 0.01)"
     )
     p.add_argument(
-        "--gate-steps", type=int, default=200, help="gates: training steps (default 200)"
+        "--gate-steps", type=int_in(0), default=200, help="gates: training steps (default 200)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="random order, gate noise, recovery order (default 0)"
+        "--seed",
+        type=int_in(0, 2**63 - 1),
+        default=0,
+        help="random order, gate noise, recovery order (default 0)",
     )
     p.add_argument(
         "--recover-minutes",
-        type=float,
+        type=finite,
         metavar="M",
         help="distil the pruned model toward the unpruned one on the text for M minutes",
     )
@@ -87,7 +91,7 @@ def add_eval_options(p: argparse.ArgumentParser, use: str) -> None:
     )
     p.add_argument(
         "--eval-tokens",
-        type=int,
+        type=int_in(0),
         default=DEFAULT_EVAL_TOKENS,
         metavar="N",
         help=f"tokens of the eval play (default {DEFAULT_EVAL_TOKENS})",

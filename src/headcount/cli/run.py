@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from headcount.cli.main import float_in, int_in
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,12 +25,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("prompt", metavar="PROMPT", help="the prompt text")
     p.add_argument(
-        "-n", "--max-new-tokens", type=int, default=128, help="at most this many new tokens (128)"
+        "-n",
+        "--max-new-tokens",
+        type=int_in(1),
+        default=128,
+        help="at most this many new tokens (128)",
     )
-    p.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample within the top-p nucleus")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument(
+        "-t", "--temperature", type=float_in(0.0), default=0.0, help="0 = greedy (default)"
+    )
+    p.add_argument(
+        "--top-k", type=int_in(1), default=None, help="sample among the k most likely tokens"
+    )
+    p.add_argument(
+        "--top-p",
+        type=float_in(0.0, 1.0, lo_open=True),
+        default=None,
+        help="sample within the top-p nucleus",
+    )
+    p.add_argument(
+        "--seed", type=int_in(0, 2**63 - 1), default=None, help="random seed for sampling"
+    )
     p.add_argument("--stop", action="append", default=None, help="stop at this string (repeatable)")
     p.add_argument("--system", default=None, help="system message for the chat template")
     p.add_argument(

