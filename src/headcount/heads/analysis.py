@@ -42,6 +42,18 @@ TEXT_SCORES = (
     "duplicate_token",
     "rare_token",
 )
+# The fewest scored queries (over the whole text) for a text score to mean anything: below this a
+# score is undefined (NaN, named in ``meta["undefined"]``) and no head gets a role from it. A text
+# too short for the position scores is refused (`TextError`): nothing about it could be said.
+MIN_QUERIES: dict[str, int] = {
+    "previous_token": 16,
+    "current_token": 16,
+    "first_token": 16,
+    "distance": 16,
+    "entropy": 16,
+    "duplicate_token": 8,  # queries whose token occurred earlier in the chunk
+    "rare_token": 8,  # queries with an earlier token in their sentence
+}
 # Which heads get an attention-pattern thumbnail: kind -> score that ranks them.
 THUMBNAIL_KINDS = {
     "previous-token": "previous_token",
@@ -220,6 +232,20 @@ def encode(tokenizer: Any, text: str) -> list[int]:
         return list(tokenizer.encode(text))
 
 
+def token_offsets(tokenizer: Any) -> Callable[[str], list[tuple[int, int]]] | None:
+    """``text -> [(start, end)]`` character spans of the tokens of `encode`, from a HuggingFace
+    ``tokenizers`` backend (its offsets survive lowercasing and accent stripping); None for a
+    tokenizer without one."""
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None or not callable(getattr(backend, "encode", None)):
+        return None
+
+    def spans(text: str) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in backend.encode(text, add_special_tokens=False).offsets]
+
+    return spans
+
+
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     """Display string of each token (the tokenizer's own when it has one)."""
     for name in ("token_strings", "display_tokens", "tokens"):
@@ -284,13 +310,23 @@ def analyze(
     start = start_token(model)
     prefix = [] if start is None else [start]
     if len(prefix) + len(ids) < 2:
-        raise TextError(f"the text has {len(ids)} token(s); at least {2 - len(prefix)} are needed")
+        raise TextError(
+            f"the text has {len(ids)} token(s); at least {MIN_QUERIES['previous_token']} "
+            "are needed to score heads"
+        )
     max_len = int(getattr(model, "max_len", cfg.chunk_len) or cfg.chunk_len)
     chunk_len = max(2, min(cfg.chunk_len, max_len))
     body = chunk_len - len(prefix)
     chunks = [ids[k : k + body] for k in range(0, len(ids), body)]
     if len(chunks) > 1 and len(prefix) + len(chunks[-1]) < 2:
         chunks.pop()  # a lone trailing token has nothing to attend to
+    queries = sum(len(prefix) + len(c) - 1 for c in chunks)  # scored by the position scores
+    if queries < MIN_QUERIES["previous_token"]:
+        raise TextError(
+            f"the text has {len(ids)} token(s), {queries} scored position(s): too short to score "
+            f"heads; the position scores need at least {MIN_QUERIES['previous_token']} "
+            "(a longer text, or a sentence or two more)"
+        )
     vocab = max(max(ids), start or 0) + 1
     emb = embeddings(model)
     if emb is not None:
@@ -315,6 +351,7 @@ def analyze(
             report("text", done + 1, len(mine))
     acc.all_sum(world)
     scores = acc.means()
+    undefined = _undefined(acc, scores)
 
     # 2. induction on repeated random tokens
     specials = tuple(s for s in (start,) if s is not None)
@@ -409,12 +446,27 @@ def analyze(
             "sentences": len(sentences or ()) - skipped,
             "sentences_too_long": skipped,
             "copying": emb is not None,
+            "undefined": undefined,
         },
     )
     if world.is_main:
         result.patterns = _thumbnails(model, layers, result, ids, ind_tokens[0], prefix, cfg)
     result.meta["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _undefined(acc: ScoreAccumulator, scores: dict[str, Tensor]) -> dict[str, str]:
+    """Set to NaN every text score counted over fewer than `MIN_QUERIES` queries; returns
+    ``{score: why}`` for them (the counts are the same for every head)."""
+    out = {}
+    for name, least in MIN_QUERIES.items():
+        if name not in scores:
+            continue
+        n = int(max((float(c.max()) for c in acc.counts[name] if c.numel()), default=0.0))
+        if n < least:
+            scores[name] = torch.full_like(scores[name], math.nan)
+            out[name] = f"undefined: {n} scored queries in the text, at least {least} needed"
+    return out
 
 
 def _syntax(
@@ -431,8 +483,9 @@ def _syntax(
     kinds: dict[str, int] = {}
     items = []
     skipped = 0
+    spans = token_offsets(tok)
     for s in sentences:
-        ids, word_tokens = align(s, lambda t: encode(tok, t), tok.decode)
+        ids, word_tokens = align(s, lambda t: encode(tok, t), tok.decode, spans)
         n = len(prefix) + len(ids)
         if n > int(getattr(model, "max_len", n) or n):
             skipped += 1  # longer than the context: left out, and counted in the report

@@ -116,25 +116,39 @@ def _sentence(tokens: object, k: int, where: str) -> Sentence:
 
 
 def align(
-    sentence: Sentence, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]
+    sentence: Sentence,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    offsets: Callable[[str], list[tuple[int, int]]] | None = None,
 ) -> tuple[list[int], list[list[int]]]:
     """Tokenise ``sentence.text`` and map each word to its token positions.
 
     Returns ``(ids, word_tokens)``: ``word_tokens[w]`` lists the positions in ``ids`` whose text
-    overlaps word ``w`` (leading spaces of a token do not count). Raises `ConlluError` when the
-    tokens do not decode back to the text or a word gets no token.
+    overlaps word ``w`` (leading spaces of a token do not count). The token spans come from
+    decoding the tokens one prefix at a time; where the tokens do not decode back to the text (an
+    uncased WordPiece tokenizer lowercases it and spaces its punctuation), from ``offsets(text)``,
+    each token's ``(start, end)`` in the text as the tokenizer normalised it (HF tokenizers'
+    offsets). Raises `ConlluError` when neither works or a word gets no token.
     """
-    ids = list(encode(sentence.text))
-    if decode(ids) != sentence.text:
-        raise ConlluError(
-            f"sentence {sentence.sent_id}: the tokens decode to {decode(ids)!r}, not the text "
-            f"{sentence.text!r}; cannot align subwords to words"
-        )
-    ends = [len(decode(ids[: k + 1])) for k in range(len(ids))]
-    starts = [0, *ends[:-1]]
     text = sentence.text
+    ids = list(encode(text))
+    decoded = decode(ids)
+    if decoded == text:
+        ends = [len(decode(ids[: k + 1])) for k in range(len(ids))]
+        spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    elif offsets is not None:
+        spans = [(int(a), int(b)) for a, b in offsets(text)]
+        if len(spans) != len(ids):
+            raise ConlluError(
+                f"sentence {sentence.sent_id}: {len(spans)} token offsets for {len(ids)} tokens"
+            )
+    else:
+        raise ConlluError(
+            f"sentence {sentence.sent_id}: the tokens decode to {decoded!r}, not the text "
+            f"{text!r}, and the tokenizer gives no offsets; cannot align subwords to words"
+        )
     word_tokens: list[list[int]] = [[] for _ in sentence.spans]
-    for k, (a, b) in enumerate(zip(starts, ends, strict=True)):
+    for k, (a, b) in enumerate(spans):
         while a < b and text[a].isspace():
             a += 1
         for w, (ws, we) in enumerate(sentence.spans):

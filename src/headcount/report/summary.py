@@ -59,8 +59,14 @@ def summary_lines(a: HeadAnalysis, limit: int = 5) -> list[str]:
     local = layer_kinds_line(a)
     if local:
         lines.append(local)
+    undefined = a.meta.get("undefined") or {}
     for kind, name in NAMED:
         if name not in a.scores:
+            continue
+        if name in undefined:
+            lines.append(
+                f"{kind} heads: not scored, the text is too short ({name} {undefined[name]})"
+            )
             continue
         heads = found_heads(a, kind)
         thr = THRESHOLDS[kind][1]
