@@ -418,68 +418,134 @@ def read_gguf_metadata(path: str | Path) -> tuple[dict[str, Any], int]:
 
     Reads the header only (no tensor data). Long arrays (the tokenizer's vocabulary) are skipped
     and given as None. A small reader rather than ``gguf.GGUFReader``, which also maps every
-    vocabulary entry and takes seconds on a 49k-token tokenizer.
+    vocabulary entry and takes seconds on a 49k-token tokenizer. A truncated or corrupt header
+    is a `CheckpointError` naming the file and the field or tensor entry being read.
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise CheckpointError(f"{path}: a folder, not a GGUF file")
+        if size < 24:
+            raise CheckpointError(
+                f"{path}: not a readable GGUF file, truncated or corrupt: {size} bytes, "
+                "shorter than a GGUF header"
+            )
         with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse_gguf(buf, path)
-    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({exc})") from exc
+            return _GGUFHeader(buf, path).read()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({exc.strerror or exc})") from exc
 
 
-def _parse_gguf(buf: mmap.mmap, path: Path) -> tuple[dict[str, Any], int]:
-    if buf[:4] != b"GGUF":
-        raise CheckpointError(f"{path}: not a GGUF file (bad magic {bytes(buf[:4])!r})")
-    (version,) = struct.unpack_from("<I", buf, 4)
-    if version < 2:
-        raise CheckpointError(f"{path}: GGUF version {version} is not supported (need 2 or later)")
-    n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-    pos = 24
+class _GGUFHeader:
+    """Bounds-checked reading of a GGUF header; ``at`` names what is being read, for errors."""
 
-    def string(p: int) -> tuple[str, int]:
-        (n,) = struct.unpack_from("<Q", buf, p)
-        return bytes(buf[p + 8 : p + 8 + n]).decode("utf-8"), p + 8 + n
+    MAX_DIMS = 4  # GGML_MAX_DIMS
+    MAX_NESTING = 3  # arrays of arrays of arrays: more is a damaged type code, not a real file
+    LONG = 1024  # arrays longer than this are skipped (None)
 
-    def value(t: int, p: int) -> tuple[Any, int]:
+    def __init__(self, buf: mmap.mmap, path: Path) -> None:
+        self.buf, self.path, self.size = buf, path, len(buf)
+        self.at = "the header"
+
+    def fail(self, what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{self.path}: not a readable GGUF file, truncated or corrupt: {what}"
+        )
+
+    def unpack(self, fmt: str, p: int) -> tuple[Any, ...]:
+        n = struct.calcsize(fmt)
+        if p + n > self.size:
+            raise self.fail(
+                f"{self.at} needs bytes {p:,} to {p + n:,}, past the end of the file "
+                f"({self.size:,} bytes)"
+            )
+        return struct.unpack_from(fmt, self.buf, p)
+
+    def read(self) -> tuple[dict[str, Any], int]:
+        if self.buf[:4] != b"GGUF":
+            raise CheckpointError(
+                f"{self.path}: not a GGUF file (bad magic {bytes(self.buf[:4])!r})"
+            )
+        version, n_tensors, n_kv = self.unpack("<IQQ", 4)
+        if version < 2:
+            raise CheckpointError(
+                f"{self.path}: GGUF version {version} is not supported (need 2 or later)"
+            )
+        # a key/value pair takes at least 13 bytes, a tensor entry at least 32
+        if 24 + 13 * n_kv + 32 * n_tensors > self.size:
+            raise self.fail(
+                f"the header counts {n_kv:,} metadata fields and {n_tensors:,} tensors, more "
+                f"than a file of {self.size:,} bytes holds"
+            )
+        pos = 24
+        meta: dict[str, Any] = {}
+        for k in range(n_kv):
+            self.at = f"the key of metadata field {k + 1} of {n_kv}"
+            key, pos = self.string(pos)
+            self.at = f"metadata field {key!r}"
+            if key in meta:
+                raise self.fail(f"metadata field {key!r} appears twice")
+            (t,) = self.unpack("<I", pos)
+            meta[key], pos = self.value(t, pos + 4, key, 0)
+        elements = 0
+        for k in range(n_tensors):
+            self.at = f"tensor entry {k + 1} of {n_tensors}"
+            name, pos = self.string(pos)
+            self.at = f"the entry of tensor {name}"
+            (n_dims,) = self.unpack("<I", pos)
+            if not 1 <= n_dims <= self.MAX_DIMS:
+                raise self.fail(f"tensor {name} has {n_dims} dims (1 to {self.MAX_DIMS} allowed)")
+            dims = self.unpack(f"<{n_dims}Q", pos + 4)
+            self.unpack("<IQ", pos + 4 + 8 * n_dims)  # ggml type, data offset
+            pos += 4 + 8 * n_dims + 4 + 8
+            elements += math.prod(dims)
+        return meta, elements
+
+    def string(self, p: int) -> tuple[str, int]:
+        (n,) = self.unpack("<Q", p)
+        if p + 8 + n > self.size:
+            raise self.fail(f"{self.at}: a string at byte {p:,} claims {n:,} bytes, past the end")
+        try:
+            return bytes(self.buf[p + 8 : p + 8 + n]).decode("utf-8"), p + 8 + n
+        except UnicodeDecodeError:
+            raise self.fail(f"{self.at}: the string at byte {p:,} is not UTF-8") from None
+
+    def value(self, t: int, p: int, key: str, depth: int) -> tuple[Any, int]:
         if t in _GGUF_SCALAR:
             fmt = _GGUF_SCALAR[t]
-            return struct.unpack_from(fmt, buf, p)[0], p + struct.calcsize(fmt)
+            return self.unpack(fmt, p)[0], p + struct.calcsize(fmt)
         if t == _STRING:
-            return string(p)
-        if t == _ARRAY:
-            et, count = struct.unpack_from("<IQ", buf, p)
-            p += 12
-            if et in _GGUF_SCALAR:
-                size = struct.calcsize(_GGUF_SCALAR[et])
-                items = None
-                if count <= 1024:
-                    items = [
-                        struct.unpack_from(_GGUF_SCALAR[et], buf, p + i * size)[0]
-                        for i in range(count)
-                    ]
-                return items, p + count * size
-            out: list[Any] | None = [] if count <= 1024 else None
-            for _ in range(count):
-                item, p = value(et, p)
-                if out is not None:
-                    out.append(item)
-            return out, p
-        raise CheckpointError(f"{path}: unknown GGUF value type {t}")
-
-    meta: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key, pos = string(pos)
-        (t,) = struct.unpack_from("<I", buf, pos)
-        meta[key], pos = value(t, pos + 4)
-    elements = 0
-    for _ in range(n_tensors):
-        _, pos = string(pos)
-        (n_dims,) = struct.unpack_from("<I", buf, pos)
-        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
-        pos += 4 + 8 * n_dims + 4 + 8  # dims, ggml type, data offset
-        elements += math.prod(dims)
-    return meta, elements
+            return self.string(p)
+        if t != _ARRAY:
+            raise self.fail(f"metadata field {key!r} has an unknown value type {t}")
+        if depth >= self.MAX_NESTING:
+            raise self.fail(f"metadata field {key!r} nests arrays {depth + 1} deep")
+        et, count = self.unpack("<IQ", p)
+        p += 12
+        if et in _GGUF_SCALAR:
+            size = struct.calcsize(_GGUF_SCALAR[et])
+            if p + count * size > self.size:
+                raise self.fail(
+                    f"metadata field {key!r} claims {count:,} entries, past the end of the file"
+                )
+            if count > self.LONG:
+                return None, p + count * size
+            return [self.unpack(_GGUF_SCALAR[et], p + i * size)[0] for i in range(count)], (
+                p + count * size
+            )
+        if et not in (_STRING, _ARRAY):
+            raise self.fail(f"metadata field {key!r} has an array of unknown value type {et}")
+        if p + count * 8 > self.size:  # a string or an array takes at least 8 bytes
+            raise self.fail(
+                f"metadata field {key!r} claims {count:,} entries, past the end of the file"
+            )
+        out: list[Any] = []
+        for _ in range(count):
+            item, p = self.value(et, p, key, depth + 1)
+            if count <= self.LONG:
+                out.append(item)
+        return (out if count <= self.LONG else None), p
 
 
 def shape_from_gguf(path: str | Path, name: str | None = None) -> ModelShape:

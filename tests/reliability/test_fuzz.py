@@ -210,6 +210,83 @@ def test_fuzz_gguf_bytes(gguf_file: Path, tmp_path: Path) -> None:
     outcome.check(N_GGUF_BYTES)
 
 
+def test_read_gguf_metadata_equals_gguf_reader(gguf_file: Path) -> None:
+    """`headcount.configs.read_gguf_metadata` (``headcount kv``'s fast header reader) against the
+    gguf package's own reader on the unmutated file."""
+    from headcount.configs import read_gguf_metadata
+
+    meta, elements = read_gguf_metadata(gguf_file)
+    reader = gguf.GGUFReader(gguf_file)
+    assert elements == sum(int(t.n_elements) for t in reader.tensors)
+    fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert set(meta) == set(fields)
+    for key, f in fields.items():
+        value = f.contents()
+        if isinstance(value, list) and len(value) > 1024:
+            assert meta[key] is None, key  # long arrays are skipped
+        elif isinstance(value, float):
+            assert meta[key] == pytest.approx(value, rel=1e-6), key
+        else:
+            assert meta[key] == value, key
+
+
+def test_read_gguf_metadata_names_the_field_it_could_not_read(
+    gguf_file: Path, tmp_path: Path
+) -> None:
+    from headcount.configs import read_gguf_metadata
+    from headcount.errors import CheckpointError
+
+    raw = gguf_file.read_bytes()
+    fields, tensors, _ = tiny.gguf_layout(raw)
+    path = tmp_path / "cut.gguf"
+    # a file shorter than the header's counts allow (13 bytes a field, 32 a tensor entry) is
+    # refused for that before any field is read
+    least = 24 + 13 * len(fields) + 32 * len(tensors)
+    cuts = [(f["value_at"], f"metadata field '{key}'") for key, f in fields.items()]
+    cuts += [(t["dims_at"] + 4, f"tensor {name}") for name, t in tensors.items()]
+    named = 0
+    for at, where in cuts:
+        path.write_bytes(raw[:at])  # the file ends inside that field or tensor entry
+        if at < least:
+            where = f"the header counts {len(fields)} metadata fields and {len(tensors)} tensors"
+        else:
+            named += 1
+        with pytest.raises(CheckpointError, match=rf"{path}: .*truncated.*{where}"):
+            read_gguf_metadata(path)
+    assert named >= len(tensors)
+    for size, match in [(0, "0 bytes"), (10, "10 bytes"), (23, "23 bytes")]:
+        path.write_bytes(raw[:size])
+        with pytest.raises(CheckpointError, match=rf"{path}: .*{match}, shorter than a GGUF"):
+            read_gguf_metadata(path)
+    with pytest.raises(CheckpointError, match="a folder, not a GGUF file"):
+        read_gguf_metadata(tmp_path)
+
+
+def test_fuzz_read_gguf_metadata(gguf_file: Path, tmp_path: Path) -> None:
+    """The byte-level mutations of the loader's fuzz test, through the header reader alone:
+    every failure is a CheckpointError naming the file."""
+    from headcount.configs import read_gguf_metadata
+    from headcount.errors import CheckpointError
+
+    rng = random.Random(SEED + 7)
+    errors, read, foreign = 0, 0, []
+    for i, (what, data) in enumerate(_gguf_mutations(gguf_file.read_bytes(), rng)):
+        path = tmp_path / f"h{i}.gguf"
+        path.write_bytes(data)
+        try:
+            read_gguf_metadata(path)
+            read += 1
+        except CheckpointError as exc:
+            errors += 1
+            if str(path) not in str(exc):
+                foreign.append(f"#{i} {what}: the message does not name the file: {exc}")
+        except Exception as exc:  # the point: nothing else may escape
+            foreign.append(f"#{i} {what}: {type(exc).__name__}: {str(exc)[:200]}")
+        path.unlink()
+    assert not foreign, "\n".join(foreign)
+    assert errors + read == N_GGUF_BYTES and errors > N_GGUF_BYTES // 4
+
+
 def test_fuzz_gguf_metadata_types(model: tiny.FakeLlama, tmp_path: Path) -> None:
     rng = random.Random(SEED + 1)
     keys = [
