@@ -3,15 +3,20 @@
 For each dtype (fp32, bf16; the model loaded with ``headcount.load("smollm2", dtype=...)``) and
 each decode path it finds, a 64-token prompt fills the cache, then:
 
-* wall time: the median of ``--steps`` unprofiled greedy steps (µs per step and per layer);
+* time: the median of ``--steps`` unprofiled greedy steps (µs per step and per layer), as wall
+  time and as the CPU time of the calling thread (``time.thread_time``: with ``--threads 1``
+  every op runs on that thread, and time spent descheduled on a shared machine is left out);
 * under ``torch.profiler`` (CPU) for ``--profiled`` steps: aten ops per step (every ``aten::``
   event, nested ones included: each one is a trip through the dispatcher), top-level aten ops
   (those the Python code calls), and the ops' self time summed (the kernels' work, each op's
   time minus the ops it calls);
-* dispatch overhead per layer = wall time minus that op self time, divided by the layers: the
+* dispatch overhead per layer = CPU time minus that op self time, divided by the layers: the
   Python, argument parsing and dispatcher time between kernels. Work done outside the
   dispatcher (a kernel called through ctypes) counts as overhead too, and the allocations and
   checks inside an op count as its self time, so it is an estimate, not an exact split.
+
+A probe model follows the fp32 runs: SmolLM2's layers and heads with tiny matrices (head_dim 8),
+whose step time is almost all per-op overhead, measured without the noise of streaming weights.
 
 Paths: ``forward`` is ``model(token, cache=..., last_only=True)`` (`Decoder.forward`);
 ``fastdecode`` is ``headcount.models.fastpath.FastDecode.step`` when that class still exists.
@@ -23,6 +28,7 @@ Run: ``.venv/bin/python benchmarks/decode_profile.py [--threads 1] [--steps 48] 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections import Counter
@@ -39,7 +45,7 @@ PROMPT_T = 64
 
 def _paths(model: Any, cache_len: int) -> dict[str, Callable[[int], int]]:
     """name -> step(token) -> next greedy token, each with its own filled cache."""
-    prompt = torch.arange(100, 100 + PROMPT_T).view(1, -1)
+    prompt = torch.arange(100, 100 + PROMPT_T).view(1, -1) % model.config.vocab_size
     paths: dict[str, Callable[[int], int]] = {}
     cache = model.new_cache(1, cache_len)
     model(prompt, cache=cache, last_only=True)
@@ -66,14 +72,15 @@ def _paths(model: Any, cache_len: int) -> dict[str, Callable[[int], int]]:
 
 
 def _profile(step: Callable[[int], int], steps: int, profiled: int, top: int) -> dict[str, Any]:
-    tok = 1000
+    tok = 10
     for _ in range(8):
         tok = step(tok)  # warm
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         tok = step(tok)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
     wall = statistics.median(times)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(profiled):
@@ -94,6 +101,7 @@ def _profile(step: Callable[[int], int], steps: int, profiled: int, top: int) ->
     ][:top]
     return {
         "wall_us": wall * 1e6,
+        "cpu_us": statistics.median(cpu) * 1e6,
         "ops": len(events) / profiled,
         "top_ops": len(top_level) / profiled,
         "op_us": op_self,
@@ -114,22 +122,41 @@ def main() -> None:
     for name in a.dtypes.split(","):
         dtype = getattr(torch, name)
         model = headcount.load("smollm2", dtype=dtype).eval()
-        L = model.config.n_layers
-        with torch.inference_mode():
-            for path, step in _paths(model, PROMPT_T + a.steps + a.profiled + 16).items():
-                r = _profile(step, a.steps, a.profiled, a.top)
-                over = r["wall_us"] - r["op_us"]
-                print(
-                    f"## {name} {path}: {r['wall_us'] / 1e3:.2f} ms/step, "
-                    f"{r['wall_us'] / L:.0f} µs/layer; aten ops/layer {r['ops'] / L:.1f} "
-                    f"(top-level {r['top_ops'] / L:.1f}); op self time {r['op_us'] / L:.0f} "
-                    f"µs/layer; dispatch overhead {over / L:.0f} µs/layer ({over / r['wall_us']:.0%})"
-                )
-                print("   aten op                                  calls/step  self µs/step")
-                for op, n, us in r["table"]:
-                    print(f"   {op:<40} {n:>10.0f} {us:>13.0f}")
-                print()
+        _report(name, model, a)
+        if name == "float32":  # the same layers with tiny matrices: what is left is overhead
+            _report(f"{name} probe", _probe(model.config), a)
         del model
+
+
+def _probe(cfg: Any) -> Any:
+    """SmolLM2's layer structure (layers, heads, KV heads) with head_dim 8, d_ff 32 and 512
+    tokens: the matrix work is negligible, so its step time is the per-op overhead."""
+    from headcount.models import Decoder
+
+    small = dataclasses.replace(
+        cfg, d_model=8 * max(cfg.n_heads), head_dim=8, d_ff=32, vocab_size=512
+    )
+    torch.manual_seed(0)
+    return Decoder(small).eval()
+
+
+def _report(name: str, model: Any, a: argparse.Namespace) -> None:
+    L = model.config.n_layers
+    with torch.inference_mode():
+        for path, step in _paths(model, PROMPT_T + a.steps + a.profiled + 16).items():
+            r = _profile(step, a.steps, a.profiled, a.top)
+            over = r["cpu_us"] - r["op_us"]
+            print(
+                f"## {name} {path}: wall {r['wall_us'] / 1e3:.2f} ms/step, "
+                f"{r['wall_us'] / L:.0f} µs/layer; CPU {r['cpu_us'] / L:.0f} µs/layer; "
+                f"aten ops/layer {r['ops'] / L:.1f} (top-level {r['top_ops'] / L:.1f}); "
+                f"op self time {r['op_us'] / L:.0f} µs/layer; "
+                f"dispatch overhead {over / L:.0f} µs/layer ({over / r['cpu_us']:.0%} of CPU)"
+            )
+            print("   aten op                                  calls/step  self µs/step")
+            for op, n, us in r["table"]:
+                print(f"   {op:<40} {n:>10.0f} {us:>13.0f}")
+            print()
 
 
 if __name__ == "__main__":

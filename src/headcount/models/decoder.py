@@ -35,9 +35,9 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        gu = self.gate_up(x)  # (B, T, 2F)
+        gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
         d_ff = gu.shape[-1] // 2
-        return self.down(F.silu(gu[..., :d_ff]) * gu[..., d_ff:])
+        return self.down(F.silu(gu[..., :d_ff]) * gu[..., d_ff:]).view(x.shape)
 
 
 class DecoderLayer(nn.Module):

@@ -355,7 +355,7 @@ class Attention(nn.Module):
         if cache is not None:
             cache.check_compatible(B, G, D, x.dtype)
             past = cache.length
-        qkv = self.qkv_proj(x).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
+        qkv = self.qkv_proj(x.view(B, -1)).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
         qk, v = qkv[:, : H + G], qkv[:, H + G :]  # (B, H + G, D), (B, G, D)
         if self.q_norm is not None or self.k_norm is not None:
             q, k = qk[:, :H], qk[:, H:]
@@ -374,7 +374,7 @@ class Attention(nn.Module):
         )  # (B, H, 1, D)
         if self.head_gate is not None:
             y = y * self.head_gate.view(1, H, 1, 1).to(y.dtype)
-        return self.o_proj(y.reshape(B, 1, H * D))
+        return self.o_proj(y.reshape(B, H * D)).view(B, 1, -1)  # 2-D: fewer ops in linear
 
     def _band(self, qpos: Tensor, k0: int, k1: int) -> Tensor:
         """``(T, S)`` bool: key at absolute position ``k0 .. k1-1`` is at most W-1 before the query."""

@@ -1,20 +1,32 @@
-"""RMSNorm in a few ops (``torch.nn.RMSNorm`` dispatches ~23 on CPU for one row).
+"""RMSNorm in a few ops (``torch.nn.RMSNorm`` dispatches 24 on CPU for one row).
 
 Legend: C normalized dim.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
 
+@functools.lru_cache(maxsize=64)
+def _eps(eps: float, device: torch.device) -> Tensor:
+    return torch.tensor(eps, dtype=torch.float32, device=device)
+
+
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
     """``x / sqrt(mean(x^2) + eps)`` over the last dim, in float32 at least (a float32 tensor
-    for bfloat16/float16 ``x``, as HuggingFace's Llama and Gemma norms compute it)."""
+    for bfloat16/float16 ``x``, as HuggingFace's Llama and Gemma norms compute it).
+
+    Five ops (norm, ``eps + n * n / C`` in one ``addcmul``, rsqrt, multiply); ``x.pow(2).mean()
+    + eps`` dispatches 17 on CPU (mean and the Python-scalar add each convert a scalar tensor).
+    Equal to it to float rounding."""
     if x.dtype in (torch.bfloat16, torch.float16):
         x = x.float()
-    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # sqrt(sum x^2)
+    return x * torch.rsqrt(torch.addcmul(_eps(eps, x.device), n, n, value=1.0 / x.shape[-1]))
 
 
 class RMSNorm(nn.RMSNorm):
