@@ -87,3 +87,27 @@ def test_a_regular_file_is_replaced_only_with_force(
     assert page.startswith("<!DOCTYPE html>") or page.lstrip().lower().startswith("<!doctype")
     assert stat.S_ISREG(os.lstat(target).st_mode)
     assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+
+
+def test_analyze_output_must_be_a_real_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report folder too: a symlink (even to an earlier report) or a device is refused
+    before the model loads, and left as it was."""
+    from headcount.report.write import MARKER
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / MARKER).write_text("")
+    link = tmp_path / "link"
+    link.symlink_to(report)
+    for out, expected in [
+        (link, "is a symbolic link"),
+        (Path("/dev/null"), "exists and is not a folder"),
+    ]:
+        code = main(["analyze", MISSING_MODEL, "--no-syntax", "-o", str(out), "--force"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{out} {expected}" in err
+    assert link.is_symlink() and os.readlink(link) == str(report)
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    assert [p.name for p in report.iterdir()] == [MARKER]

@@ -189,3 +189,22 @@ def test_a_full_disk_while_writing_a_file(
     with pytest.raises(Exception, match=f"cannot write {out}: No space left on device"):
         view.write_atomic(out, "<html></html>", force=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_pipe_ends_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`headcount kv ... | head`: the reader went away. No message (as `yes | head`), and the
+    status a tool that SIGPIPE ends reports (128 + 13)."""
+
+    class ClosedPipe:
+        def write(self, _: str) -> int:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = main(["kv", "llama-3-8b"])
+    monkeypatch.undo()
+    assert code == 141 and capsys.readouterr().err == ""
