@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from headcount.errors import CheckpointError, ShapeError
+from headcount.kernels.packed import PackedWeight
 from headcount.loaders.transforms import fuse_rows, llama_cpp_unpermute
 
 
@@ -474,6 +475,12 @@ def _finite(t: Tensor, name: str, path: str) -> Tensor:
     machine ran ~10x faster than ``torch.isfinite`` (about half the cost of copying the tensor).
     """
     if not t.is_floating_point():
+        return t
+    if isinstance(t, PackedWeight):  # dequantised in row chunks, the blocks kept
+        if not t.all_finite():
+            raise CheckpointError(
+                f"{path}: tensor {name} has NaN or infinite values; the file is corrupt"
+            )
         return t
     flat = t.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.dtype == torch.float32:

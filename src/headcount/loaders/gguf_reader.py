@@ -1,7 +1,8 @@
 """Read a llama.cpp GGUF file into a `DecoderConfig`, a state dict and a tokenizer.
 
 Quantised tensors (Q4_1, Q8_0, Q4_K, Q6_K, ...) are dequantised to float32 with
-``gguf.quants.dequantize``. GGUF lists a tensor's dims fastest-varying first (``[in, out]`` for
+``gguf.quants.dequantize``, or (``packed=True``) matrices of the types the kernels read stay
+packed as `headcount.kernels.packed.PackedWeight`. GGUF lists a tensor's dims fastest-varying first (``[in, out]`` for
 a matrix), and llama.cpp's converter permutes Q/K rows for its RoPE layout (Llama; not Gemma);
 both are undone by the family's transforms.
 
@@ -25,6 +26,8 @@ import torch
 from torch import Tensor
 
 from headcount.errors import CheckpointError, ConfigError
+from headcount.kernels import QTYPES
+from headcount.kernels.packed import PackedWeight
 from headcount.loaders.config import DecoderConfig
 from headcount.loaders.families import GEMMA3_GGUF, LLAMA_GGUF, Family, apply_family
 from headcount.loaders.fields import (
@@ -79,10 +82,13 @@ def read_fields(reader: BufferReader, path: Path) -> dict[str, Any]:
 
 
 class _GGUFTensors:
-    """The tensors of a parsed GGUF file, dequantised to float32 one at a time on `get`."""
+    """The tensors of a parsed GGUF file, read one at a time on `get`: dequantised to float32,
+    or with ``packed``, a matrix of a type the kernels read (`headcount.kernels.QTYPES`) as a
+    `PackedWeight` holding the file's blocks."""
 
-    def __init__(self, reader: BufferReader, path: Path) -> None:
+    def __init__(self, reader: BufferReader, path: Path, packed: bool = False) -> None:
         self.path = str(path)
+        self.packed = packed
         self._by_name = {t.name: t for t in reader.tensors}
 
     def keys(self) -> list[str]:
@@ -96,6 +102,8 @@ class _GGUFTensors:
         from gguf.quants import dequantize
 
         t = self._by_name[name]
+        if self.packed and len(t.shape) == 2 and int(t.tensor_type) in QTYPES:
+            return PackedWeight.from_gguf(np.asarray(t.data), int(t.tensor_type), int(t.shape[0]))
         try:
             with np.errstate(all="ignore"):  # non-finite values are refused by the caller
                 data = dequantize(np.asarray(t.data), t.tensor_type)
@@ -271,23 +279,26 @@ def _gemma3_fields(
     }
 
 
-def read_gguf(path: str | Path, source: str | None = None) -> Checkpoint:
+def read_gguf(path: str | Path, source: str | None = None, packed: bool = False) -> Checkpoint:
     """Config, float32 state dict (headcount layout) and tokenizer of a GGUF file.
 
-    ``source``: the name to report instead of ``path`` (the chunks of a split file)."""
+    ``source``: the name to report instead of ``path`` (the chunks of a split file).
+    ``packed``: quantised matrices stay packed (`PackedWeight`) instead of dequantised."""
     path = Path(path)
-    return _checkpoint(_open(path), source or str(path))
+    return _checkpoint(_open(path), source or str(path), packed)
 
 
-def read_gguf_parts(parts: list[Path], sha256: str | None, source: str) -> Checkpoint:
+def read_gguf_parts(
+    parts: list[Path], sha256: str | None, source: str, packed: bool = False
+) -> Checkpoint:
     """Read a GGUF file shipped as byte chunks ``parts`` (in order) whose concatenation has the
     SHA-256 ``sha256`` (None: unchecked), without writing the file anywhere."""
-    return _checkpoint(BufferReader(read_parts(parts, sha256, source), source), source)
+    return _checkpoint(BufferReader(read_parts(parts, sha256, source), source), source, packed)
 
 
-def _checkpoint(reader: BufferReader, name: str) -> Checkpoint:
+def _checkpoint(reader: BufferReader, name: str, packed: bool = False) -> Checkpoint:
     fields = reader.fields
-    tensors = _GGUFTensors(reader, Path(name))
+    tensors = _GGUFTensors(reader, Path(name), packed)
     tensors.path = name
     config = _config(fields, set(tensors.keys()), Path(name))
     state = apply_family(GGUF_FAMILIES[config.architecture], config, tensors)

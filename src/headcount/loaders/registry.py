@@ -123,20 +123,23 @@ def _read_folder(folder: Path) -> Checkpoint:
     return read_saved_folder(folder) if is_saved_folder(folder) else read_hf_folder(folder)
 
 
-def read_checkpoint(name_or_path: str | Path) -> Checkpoint:
+def read_checkpoint(name_or_path: str | Path, packed: bool = False) -> Checkpoint:
     """Read an embedded name, a ``.gguf`` file, a folder written by ``model.save`` or a
-    HuggingFace folder into a `Checkpoint`."""
+    HuggingFace folder into a `Checkpoint`. ``packed``: a GGUF file's quantised matrices stay
+    packed (`headcount.kernels.packed.PackedWeight`); other formats ignore it."""
     if isinstance(name_or_path, str) and name_or_path.lower() in EMBEDDED:
         entry = EMBEDDED[name_or_path.lower()]
         if entry.parts:
             parts, sha = embedded_parts(entry.name)
             first = parts[0].name.rsplit(".part", 1)[0]
-            return read_gguf_parts(parts, sha, f"{first} (in {len(parts)} parts, {entry.name})")
+            return read_gguf_parts(
+                parts, sha, f"{first} (in {len(parts)} parts, {entry.name})", packed
+            )
     path = resolve(name_or_path)
     if path.is_dir():
         return _read_folder(path)
     if path.suffix.lower() == ".gguf":
-        return read_gguf(path)
+        return read_gguf(path, packed=packed)
     if path.suffix.lower() == ".safetensors" or path.name in ("config.json", META):
         return _read_folder(path.parent)
     raise CheckpointError(f"{path}: not a .gguf file or a HuggingFace model folder")

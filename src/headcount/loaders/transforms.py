@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from headcount.errors import ShapeError
+from headcount.kernels.packed import PackedWeight
 
 
 def llama_cpp_permute(w: Tensor, n_heads: int) -> Tensor:
@@ -31,13 +32,21 @@ def llama_cpp_unpermute(w: Tensor, n_heads: int) -> Tensor:
     rows = w.shape[0]
     if rows % (2 * n_heads):
         raise ShapeError(f"cannot unpermute {rows} rows into {n_heads} heads of an even head_dim")
+    if isinstance(w, PackedWeight):  # move whole rows of blocks: row r of the result is idx[r]
+        return w.take_rows(llama_cpp_unpermute(torch.arange(rows), n_heads))
     d2 = rows // n_heads // 2
     return w.reshape(n_heads, d2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def fuse_rows(*parts: Tensor) -> Tensor:
-    """Stack ``nn.Linear`` weights (or biases) along the output dim: QKV ``(H+2G)*D`` or gate|up ``2F``."""
-    return torch.cat(parts, dim=0)
+    """Stack ``nn.Linear`` weights (or biases) along the output dim: QKV ``(H+2G)*D`` or gate|up ``2F``.
+
+    Packed weights stay packed (one segment per run of one GGUF type); packed and dense parts
+    together give a dense tensor."""
+    if all(isinstance(p, PackedWeight) for p in parts):
+        return PackedWeight.cat(parts)  # type: ignore[arg-type]
+    dense = [p.dequantize() if isinstance(p, PackedWeight) else p for p in parts]
+    return torch.cat(dense, dim=0)
 
 
 def gguf_matrix(data: Tensor, ne: tuple[int, ...]) -> Tensor:

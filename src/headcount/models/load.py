@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from headcount.errors import CheckpointError
+from headcount.kernels.packed import PackedLinear, PackedWeight
 from headcount.loaders import Checkpoint, DecoderConfig, EncoderConfig, read_checkpoint
 from headcount.models.base import TextModel
 from headcount.models.decoder import Decoder
@@ -50,10 +51,39 @@ def load_state(model: TextModel, state: dict[str, Tensor], source: str) -> None:
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def from_checkpoint(ck: Checkpoint, dtype: torch.dtype = torch.float32) -> Decoder | Encoder:
+def install_packed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Put the `PackedWeight`s of ``state`` into ``model``: an ``nn.Linear``'s becomes a
+    `PackedLinear` (with its bias from ``state``), an ``nn.Embedding``'s a buffer of the
+    embedding (read by ``F.embedding`` row by row, and by the tied output projection). Returns
+    the rest of ``state``; a packed tensor anywhere else is dequantised into it."""
+    rest = dict(state)
+    for key, w in state.items():
+        if not isinstance(w, PackedWeight):
+            continue
+        path, _, leaf = key.rpartition(".")
+        module = model.get_submodule(path)
+        if leaf != "weight" or not isinstance(module, nn.Linear | nn.Embedding):
+            rest[key] = w.dequantize()
+            continue
+        del rest[key]
+        if isinstance(module, nn.Embedding):
+            del module.weight
+            module.register_buffer("weight", w, persistent=False)
+            continue
+        bias = rest.pop(f"{path}.bias", None)
+        parent, _, name = path.rpartition(".")
+        setattr(model.get_submodule(parent), name, PackedLinear(w, bias))
+    return rest
+
+
+def from_checkpoint(ck: Checkpoint, dtype: torch.dtype | None = None) -> Decoder | Encoder:
+    """The model of ``ck`` in eval mode: its tensors as ``dtype``; with None, float32 except
+    the `PackedWeight`s (`load(..., dtype=None)`), which stay packed."""
     model = build(ck.config, device="meta")
     weights = (ck.extra or {}).get("weights") or ck.source  # the file, when a reader names it
-    load_state(model, {k: v.to(dtype) for k, v in ck.state_dict.items()}, weights)
+    state = install_packed(model, ck.state_dict)
+    dense = torch.float32 if dtype is None else dtype
+    load_state(model, {k: v.to(dense) for k, v in state.items()}, weights)
     model.set_tokenizer(ck.tokenizer, ck.tokenizer_error)
     model.source = ck.source
     if isinstance(model, Encoder) and ck.extra and ck.extra.get("max_seq_length"):
@@ -61,11 +91,17 @@ def from_checkpoint(ck: Checkpoint, dtype: torch.dtype = torch.float32) -> Decod
     return model.eval()
 
 
-def load(name_or_path: str | Path, dtype: torch.dtype = torch.float32) -> Decoder | Encoder:
+def load(name_or_path: str | Path, dtype: torch.dtype | None = None) -> Decoder | Encoder:
     """Load ``"smollm2"``, ``"minilm"``, a ``.gguf`` file, a folder ``model.save`` wrote or a
     HuggingFace folder, in eval mode.
+
+    ``dtype=None`` (default) keeps a GGUF file's own format: its quantised matrices (Q4_0, Q4_1,
+    Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) stay packed in memory as `PackedLinear` layers (decoded by
+    the packed kernels, dequantised for anything else), everything else is float32; other
+    formats load as float32. ``dtype=torch.float32`` / ``torch.bfloat16``: every tensor dense
+    in that dtype (what training, pruning and conversion want).
 
     Decoders (Llama, Mistral, Qwen2, SmolLM) come back as `Decoder`, BERT models as `Encoder`,
     with ``model.tokenizer`` set when the checkpoint has one.
     """
-    return from_checkpoint(read_checkpoint(name_or_path), dtype)
+    return from_checkpoint(read_checkpoint(name_or_path, packed=dtype is None), dtype)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from headcount.errors import OutputError
+from headcount.kernels.packed import dense_state_dict
 from headcount.loaders.config import DecoderConfig, EncoderConfig
 from headcount.loaders.families import unapply_family
 from headcount.loaders.hf_reader import HF_FAMILIES
@@ -106,7 +107,8 @@ def _files(model: TextModel) -> _Files:
     family = HF_FAMILIES.get(cfg.architecture)
     if family is None:
         raise OutputError(f"no HuggingFace layout for architecture {cfg.architecture!r}")
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    # packed GGUF weights are written dequantised (in the dtype they look like)
+    state = {k: v.detach() for k, v in dense_state_dict(model).items()}
     # clone: each piece owns its storage (safetensors refuses tensors that share memory)
     tensors = {
         k: v.to("cpu").clone(memory_format=torch.contiguous_format)

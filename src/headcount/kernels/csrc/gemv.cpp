@@ -1,0 +1,115 @@
+// Batch-1 matrix-vector products for float32, bfloat16 and int8 (per-row scale) weights.
+// Each weight row is read once per call: 4 rows at a time, each input row against them,
+// float32 accumulation with FMA. The sums run in a different order than torch's GEMM, so
+// results equal F.linear up to float rounding.
+#include "kernels.h"
+#include "simd.h"
+
+namespace hc {
+namespace {
+
+struct F32 {
+    using T = float;
+    static V load(const float *p) { return vload(p); }
+    static float one(const float *p) { return *p; }
+};
+struct BF16 {
+    using T = uint16_t;
+    static V load(const uint16_t *p) { return vload_bf16(p); }
+    static float one(const uint16_t *p) { return bf16(*p); }
+};
+struct I8 {
+    using T = int8_t;
+    static V load(const int8_t *p) { return vfrom_s8(load16((const uint8_t *)p)); }
+    static float one(const int8_t *p) { return (float)*p; }
+};
+
+template <class W>
+void gemv_rows(const float *x, int64_t M, int64_t K, const typename W::T *w, const float *scale,
+               float *y, int64_t N, int64_t n0, int64_t n1) {
+    using T = typename W::T;
+    const int64_t K16 = K - K % 16;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const T *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            V a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = 0; k < K16; k += 16) {
+                V xv = vload(xm + k);
+                a0 = vfma(xv, W::load(w0 + k), a0);
+                a1 = vfma(xv, W::load(w1 + k), a1);
+                a2 = vfma(xv, W::load(w2 + k), a2);
+                a3 = vfma(xv, W::load(w3 + k), a3);
+            }
+            float out[4] = {vsum(a0), vsum(a1), vsum(a2), vsum(a3)};
+            for (int64_t k = K16; k < K; k++) {
+                out[0] += xm[k] * W::one(w0 + k);
+                out[1] += xm[k] * W::one(w1 + k);
+                out[2] += xm[k] * W::one(w2 + k);
+                out[3] += xm[k] * W::one(w3 + k);
+            }
+            for (int r = 0; r < 4; r++) y[m * N + n + r] = scale ? out[r] * scale[n + r] : out[r];
+        }
+    }
+    for (; n < n1; n++) {
+        const T *wr = w + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const float *xm = x + m * K;
+            V a = vzero();
+            for (int64_t k = 0; k < K16; k += 16) a = vfma(vload(xm + k), W::load(wr + k), a);
+            float out = vsum(a);
+            for (int64_t k = K16; k < K; k++) out += xm[k] * W::one(wr + k);
+            y[m * N + n] = scale ? out * scale[n] : out;
+        }
+    }
+}
+
+}  // namespace
+
+void gemv_f32(const float *x, int64_t M, int64_t K, const float *w, float *y, int64_t N,
+              int64_t n0, int64_t n1) {
+    gemv_rows<F32>(x, M, K, w, nullptr, y, N, n0, n1);
+}
+void gemv_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, float *y, int64_t N,
+               int64_t n0, int64_t n1) {
+    gemv_rows<BF16>(x, M, K, w, nullptr, y, N, n0, n1);
+}
+void gemv_i8(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+             float *y, int64_t N, int64_t n0, int64_t n1) {
+    gemv_rows<I8>(x, M, K, w, scale, y, N, n0, n1);
+}
+
+bool gemv_bf16_bf16(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, float *y,
+                    int64_t N, int64_t n0, int64_t n1) {
+#if defined(__AVX512BF16__)
+    // pairs of bfloat16 products summed into float32 lanes (exact products, float32 sums)
+    const int64_t K32 = K - K % 32;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint16_t *wr = w + n * K;
+        for (int64_t m = 0; m < M; m++) {
+            const uint16_t *xm = x + m * K;
+            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+            int64_t k = 0;
+            for (; k + 64 <= K32; k += 64) {
+                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(xm + k),
+                                     (__m512bh)_mm512_loadu_si512(wr + k));
+                b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_loadu_si512(xm + k + 32),
+                                     (__m512bh)_mm512_loadu_si512(wr + k + 32));
+            }
+            for (; k < K32; k += 32)
+                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(xm + k),
+                                     (__m512bh)_mm512_loadu_si512(wr + k));
+            float out = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+            for (; k < K; k++) out += bf16(xm[k]) * bf16(wr[k]);
+            y[m * N + n] = out;
+        }
+    }
+    return true;
+#else
+    (void)x, (void)M, (void)K, (void)w, (void)y, (void)N, (void)n0, (void)n1;
+    return false;
+#endif
+}
+
+}  // namespace hc

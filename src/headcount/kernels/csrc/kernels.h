@@ -1,0 +1,33 @@
+// Plain C++ kernels (no torch headers: they compile in a second or two). Each computes the
+// output rows n0..n1 of y (M, N) = x (M, K) @ w.T for its weight format; ops.cpp splits the
+// rows across torch's threads. Legend: M input rows (1 when decoding), N outputs, K inputs.
+#pragma once
+
+#include <stdint.h>
+
+namespace hc {
+
+// ggml type codes of the packed formats (gguf.GGMLQuantizationType)
+enum QType : int64_t { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q6_K = 14 };
+
+// float32 / bfloat16 / int8 weights (N, K); scale (N,) multiplies each output (int8), or null
+void gemv_f32(const float *x, int64_t M, int64_t K, const float *w, float *y, int64_t N,
+              int64_t n0, int64_t n1);
+void gemv_bf16(const float *x, int64_t M, int64_t K, const uint16_t *w, float *y, int64_t N,
+               int64_t n0, int64_t n1);
+void gemv_i8(const float *x, int64_t M, int64_t K, const int8_t *w, const float *scale,
+             float *y, int64_t N, int64_t n0, int64_t n1);
+// bfloat16 input and weights with AVX512-BF16 dot products; false when not compiled in
+bool gemv_bf16_bf16(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, float *y,
+                    int64_t N, int64_t n0, int64_t n1);
+
+// packed GGUF rows: w (N, row_bytes) holds each row's blocks back to back, K % block == 0
+bool qtype_known(int64_t qtype);
+int64_t qtype_block(int64_t qtype);  // values per block (32 or 256)
+int64_t qtype_bytes(int64_t qtype);  // bytes per block
+void gemv_q(int64_t qtype, const float *x, int64_t M, int64_t K, const uint8_t *w, float *y,
+            int64_t N, int64_t n0, int64_t n1);
+// rows n0..n1 of w dequantised into out (N, K) float32, equal to gguf.quants.dequantize
+void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
+
+}  // namespace hc

@@ -1,0 +1,139 @@
+// The headcount kernels as torch operators (torch.ops.headcount.*): argument checks, the
+// output tensors and the split of output rows across torch's threads. CPU and Meta (shape
+// only, for torch.compile's fake tensors) implementations; no autograd (inference only).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "kernels.h"
+
+namespace {
+
+using at::Tensor;
+
+// rows per thread task: at least ~64K weights, so small matrices stay on one thread
+int64_t grain(int64_t K) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(K, 1)); }
+
+void check_input(const Tensor &x, int64_t K) {
+    TORCH_CHECK(x.device().is_cpu(), "headcount kernels: input must be on the CPU");
+    TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "headcount kernels: input must be (M, ", K,
+                "), got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                "headcount kernels: input must be float32 or bfloat16, got ", x.scalar_type());
+}
+
+Tensor gemv(const Tensor &x, const Tensor &w, const std::optional<Tensor> &scale) {
+    TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous(),
+                "gemv: the weight must be a contiguous (N, K) CPU tensor, got ", w.sizes());
+    const int64_t N = w.size(0), K = w.size(1);
+    check_input(x, K);
+    const int64_t M = x.size(0);
+    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    float *yp = y.data_ptr<float>();
+    const auto wt = w.scalar_type();
+    if (wt == at::kBFloat16 && x.scalar_type() == at::kBFloat16) {
+        Tensor xc = x.contiguous();
+        const auto *xp = reinterpret_cast<const uint16_t *>(xc.data_ptr());
+        const auto *wp = reinterpret_cast<const uint16_t *>(w.data_ptr());
+        bool done = true;
+        at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+            if (!hc::gemv_bf16_bf16(xp, M, K, wp, yp, N, n0, n1)) done = false;
+        });
+        if (done) return y;
+    }
+    Tensor xf = x.to(at::kFloat).contiguous();
+    const float *xp = xf.data_ptr<float>();
+    if (wt == at::kFloat) {
+        const float *wp = w.data_ptr<float>();
+        at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+            hc::gemv_f32(xp, M, K, wp, yp, N, n0, n1);
+        });
+    } else if (wt == at::kBFloat16) {
+        const auto *wp = reinterpret_cast<const uint16_t *>(w.data_ptr());
+        at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+            hc::gemv_bf16(xp, M, K, wp, yp, N, n0, n1);
+        });
+    } else if (wt == at::kChar) {
+        TORCH_CHECK(scale.has_value() && scale->scalar_type() == at::kFloat &&
+                        scale->dim() == 1 && scale->size(0) == N && scale->is_contiguous(),
+                    "gemv: int8 weights need contiguous float32 scales (", N, ",)");
+        const int8_t *wp = w.data_ptr<int8_t>();
+        const float *sp = scale->data_ptr<float>();
+        at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+            hc::gemv_i8(xp, M, K, wp, sp, yp, N, n0, n1);
+        });
+    } else {
+        TORCH_CHECK(false, "gemv: weights must be float32, bfloat16 or int8, got ", wt);
+    }
+    return y;
+}
+
+void check_packed(const Tensor &w, int64_t qtype, int64_t K) {
+    TORCH_CHECK(hc::qtype_known(qtype), "headcount kernels: unknown packed type ", qtype);
+    TORCH_CHECK(K > 0 && K % hc::qtype_block(qtype) == 0, "headcount kernels: K=", K,
+                " is not a multiple of the ", hc::qtype_block(qtype), "-value block");
+    TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kByte && w.dim() == 2 &&
+                    w.is_contiguous() && w.size(1) == K / hc::qtype_block(qtype) * hc::qtype_bytes(qtype),
+                "headcount kernels: packed rows must be a contiguous uint8 (N, ",
+                K / hc::qtype_block(qtype) * hc::qtype_bytes(qtype), ") tensor, got ", w.sizes(),
+                " ", w.scalar_type());
+}
+
+Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
+    check_packed(w, qtype, K);
+    check_input(x, K);
+    const int64_t M = x.size(0), N = w.size(0);
+    Tensor xf = x.to(at::kFloat).contiguous();
+    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    const float *xp = xf.data_ptr<float>();
+    const uint8_t *wp = w.data_ptr<uint8_t>();
+    float *yp = y.data_ptr<float>();
+    at::parallel_for(0, N, grain(K / 4), [&](int64_t n0, int64_t n1) {
+        hc::gemv_q(qtype, xp, M, K, wp, yp, N, n0, n1);
+    });
+    return y;
+}
+
+void dequant_q(const Tensor &w, int64_t qtype, int64_t K, Tensor out) {
+    check_packed(w, qtype, K);
+    const int64_t N = w.size(0);
+    TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.dim() == 2 &&
+                    out.size(0) == N && out.size(1) == K,
+                "dequant_q: out must be a contiguous float32 (", N, ", ", K, ") tensor");
+    const uint8_t *wp = w.data_ptr<uint8_t>();
+    float *op = out.data_ptr<float>();
+    at::parallel_for(0, N, grain(K), [&](int64_t n0, int64_t n1) {
+        hc::dequant_q(qtype, wp, K, op, n0, n1);
+    });
+}
+
+Tensor gemv_meta(const Tensor &x, const Tensor &w, const std::optional<Tensor> &) {
+    return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
+}
+Tensor gemv_q_meta(const Tensor &x, const Tensor &w, int64_t, int64_t) {
+    return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
+}
+void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
+
+}  // namespace
+
+TORCH_LIBRARY(headcount, m) {
+    m.def("gemv(Tensor x, Tensor w, Tensor? scale=None) -> Tensor");
+    m.def("gemv_q(Tensor x, Tensor w, int qtype, int k) -> Tensor");
+    m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(headcount, CPU, m) {
+    m.impl("gemv", &gemv);
+    m.impl("gemv_q", &gemv_q);
+    m.impl("dequant_q", &dequant_q);
+}
+
+TORCH_LIBRARY_IMPL(headcount, Meta, m) {
+    m.impl("gemv", &gemv_meta);
+    m.impl("gemv_q", &gemv_q_meta);
+    m.impl("dequant_q", &dequant_q_meta);
+}

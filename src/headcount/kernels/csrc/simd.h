@@ -1,0 +1,84 @@
+// A 16-float vector for the headcount kernels: one zmm register with AVX-512F, two ymm with AVX2.
+// The kernels are written once against this type and compiled once per instruction set.
+#pragma once
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+namespace hc {
+
+#ifdef __AVX512F__
+struct V {
+    __m512 v;
+};
+static inline V vzero() { return {_mm512_setzero_ps()}; }
+static inline V vset(float a) { return {_mm512_set1_ps(a)}; }
+static inline V vload(const float *p) { return {_mm512_loadu_ps(p)}; }
+static inline void vstore(float *p, V a) { _mm512_storeu_ps(p, a.v); }
+static inline V vadd(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+static inline V vsub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
+static inline V vmul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+static inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+static inline float vsum(V a) { return _mm512_reduce_add_ps(a.v); }
+// 16 bytes -> 16 floats
+static inline V vfrom_u8(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))}; }
+static inline V vfrom_s8(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))}; }
+// 16 bfloat16 values (the high halves of float32) -> 16 floats, exactly
+static inline V vload_bf16(const uint16_t *p) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+}
+#else
+struct V {
+    __m256 a, b;
+};
+static inline V vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+static inline V vset(float x) { return {_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
+static inline V vload(const float *p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline void vstore(float *p, V x) {
+    _mm256_storeu_ps(p, x.a);
+    _mm256_storeu_ps(p + 8, x.b);
+}
+static inline V vadd(V x, V y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
+static inline V vsub(V x, V y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
+static inline V vmul(V x, V y) { return {_mm256_mul_ps(x.a, y.a), _mm256_mul_ps(x.b, y.b)}; }
+static inline V vfma(V x, V y, V z) {
+    return {_mm256_fmadd_ps(x.a, y.a, z.a), _mm256_fmadd_ps(x.b, y.b, z.b)};
+}
+static inline float vsum(V x) {
+    __m256 v = _mm256_add_ps(x.a, x.b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline V vfrom_u8(__m128i b) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)))};
+}
+static inline V vfrom_s8(__m128i b) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)),
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)))};
+}
+static inline V vload_bf16(const uint16_t *p) {
+    __m128i lo = _mm_loadu_si128((const __m128i *)p), hi = _mm_loadu_si128((const __m128i *)(p + 8));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(lo), 16)),
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16))};
+}
+#endif
+
+static inline __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
+static inline float fp16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+static inline float bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+}  // namespace hc

@@ -1,0 +1,357 @@
+"""GGUF quantised weights kept packed in memory: `PackedWeight` and `PackedLinear`.
+
+A `PackedWeight` holds the raw GGUF blocks of a ``(N, K)`` matrix, one row of blocks per
+output feature (``uint8 (N, K / block * bytes)``), in one or more *segments* of rows: a fused
+projection whose parts have different types (Gemma 3's Q4_K_M file mixes Q5_0, Q8_0, Q4_K and
+Q6_K in one layer's Q | K | V) keeps each part in its own type. It looks like a float tensor
+(``dtype`` float32 or bfloat16, shape ``(N, K)``):
+
+- ``F.linear(x, w)`` with up to `MAX_ROWS` input rows (decoding) runs the packed GEMV kernel
+  (`headcount.kernels.gemv_packed`: blocks dequantised in registers, float32 sums); with more
+  rows (prefill) the weight is dequantised into a buffer reused by every weight of the model
+  (per thread) and the float GEMM runs on it, so memory stays near the packed size;
+- ``F.embedding(ids, w)`` dequantises only the looked-up rows;
+- every other operation sees the dequantised tensor (correct, not fast): per-head weight views,
+  analysis, pruning and conversion work unchanged; gradients flow to the input, never to the
+  packed weight (it is frozen).
+
+Without the compiled kernels (``HEADCOUNT_KERNELS=0``, no compiler) blocks are dequantised by
+``gguf.quants.dequantize``, the reference the kernels equal value for value.
+
+`PackedLinear` is ``nn.Linear`` on a `PackedWeight`; its ``forward`` calls the operator
+directly (no ``__torch_function__`` round trip on the decode path).
+
+Legend: N output features, K input features, M input rows (batch × positions).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from headcount import kernels
+from headcount.errors import DTypeError, ShapeError
+
+__all__ = ["PackedLinear", "PackedWeight", "dense_state_dict", "packed_linear"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class _Scratch(threading.local):
+    """Per-thread float32 buffer the prefill path dequantises weights into (grown, never shrunk)."""
+
+    buf: Tensor | None = None
+
+    def take(self, n: int, k: int) -> Tensor:
+        if self.buf is None or self.buf.numel() < n * k:
+            self.buf = torch.empty(n * k, dtype=torch.float32)
+        return self.buf[: n * k].view(n, k)
+
+
+_SCRATCH = _Scratch()
+
+
+def _dequant(blocks: Tensor, qtype: int, k: int, out: Tensor | None = None) -> Tensor:
+    """float32 ``(n, k)`` of packed rows; the kernel when available, else gguf's reference."""
+    if kernels.available():
+        return kernels.dequantize_packed(blocks, qtype, k, out)
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    data = dequantize(blocks.numpy(), GGMLQuantizationType(qtype))
+    dense = torch.from_numpy(np.asarray(data, dtype=np.float32))
+    if out is None:
+        return dense.reshape(blocks.shape[0], k)
+    return out.copy_(dense.reshape(blocks.shape[0], k))
+
+
+class PackedWeight(Tensor):
+    """A float-looking ``(N, K)`` tensor stored as GGUF blocks (see the module docstring).
+
+    ``segments``: ``(ggml type code, uint8 rows (n_i, K / block * bytes))`` with ``sum n_i = N``.
+    """
+
+    segments: tuple[tuple[int, Tensor], ...]
+    k: int
+
+    @staticmethod
+    def __new__(
+        cls, segments: Sequence[tuple[int, Tensor]], k: int, dtype: torch.dtype = torch.float32
+    ) -> PackedWeight:
+        n = sum(int(b.shape[0]) for _, b in segments)
+        return torch.Tensor._make_wrapper_subclass(
+            cls, (n, k), dtype=dtype, device=torch.device("cpu"), requires_grad=False
+        )
+
+    def __init__(
+        self, segments: Sequence[tuple[int, Tensor]], k: int, dtype: torch.dtype = torch.float32
+    ) -> None:
+        if dtype not in _FLOAT_DTYPES:
+            raise DTypeError(
+                f"PackedWeight's float dtype must be one of {_FLOAT_DTYPES}, got {dtype}"
+            )
+        if not segments:
+            raise ShapeError("PackedWeight needs at least one segment of rows")
+        for qtype, blocks in segments:
+            if qtype not in kernels.QTYPES:
+                raise DTypeError(
+                    f"ggml type {qtype} cannot stay packed; packed types: "
+                    + ", ".join(n for n, _, _ in kernels.QTYPES.values())
+                )
+            name, block, size = kernels.QTYPES[qtype]
+            want = k // block * size
+            if (
+                k % block
+                or blocks.dtype != torch.uint8
+                or blocks.ndim != 2
+                or blocks.shape[1] != want
+            ):
+                raise ShapeError(
+                    f"{name} rows of K={k} must be uint8 (n, {want}) with K % {block} == 0, got "
+                    f"{blocks.dtype} {tuple(blocks.shape)}"
+                )
+        self.segments = tuple((int(q), b.contiguous()) for q, b in segments)
+        self.k = int(k)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_gguf(cls, rows: np.ndarray, qtype: int, k: int) -> PackedWeight:
+        """A GGUF tensor's blocks, ``rows (N, row bytes)`` uint8 (copied into memory torch owns)."""
+        return cls([(qtype, torch.from_numpy(np.array(rows, dtype=np.uint8, copy=True)))], k)
+
+    def take_rows(self, index: Tensor) -> PackedWeight:
+        """The rows ``index`` (a permutation or selection of ``0..N-1``) as a new `PackedWeight`."""
+        if len(self.segments) == 1:
+            qtype, blocks = self.segments[0]
+            return PackedWeight([(qtype, blocks[index])], self.k, self.dtype)
+        starts = np.cumsum([0] + [b.shape[0] for _, b in self.segments])
+        seg_of = np.searchsorted(starts, index.numpy(), side="right") - 1
+        out: list[tuple[int, Tensor]] = []
+        for s, i in zip(seg_of.tolist(), index.tolist(), strict=True):
+            qtype, blocks = self.segments[s]
+            row = blocks[i - int(starts[s])][None]
+            if out and out[-1][0] == qtype:
+                out[-1] = (qtype, torch.cat([out[-1][1], row]))
+            else:
+                out.append((qtype, row))
+        return PackedWeight(out, self.k, self.dtype)
+
+    @staticmethod
+    def cat(parts: Sequence[PackedWeight]) -> PackedWeight:
+        """Rows of ``parts`` stacked (a fused projection); neighbours of one type share a segment."""
+        if len({p.k for p in parts}) != 1:
+            raise ShapeError(f"cannot stack packed weights of K {[p.k for p in parts]}")
+        merged: list[tuple[int, list[Tensor]]] = []
+        for p in parts:
+            for qtype, blocks in p.segments:
+                if merged and merged[-1][0] == qtype:
+                    merged[-1][1].append(blocks)
+                else:
+                    merged.append((qtype, [blocks]))
+        segs = [(q, bs[0] if len(bs) == 1 else torch.cat(bs)) for q, bs in merged]
+        return PackedWeight(segs, parts[0].k, parts[0].dtype)
+
+    def as_dtype(self, dtype: torch.dtype) -> PackedWeight:
+        """The same blocks looking like ``dtype`` (activations and outputs in that dtype)."""
+        return self if dtype == self.dtype else PackedWeight(self.segments, self.k, dtype)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedWeight:
+        new = PackedWeight([(q, b.clone()) for q, b in self.segments], self.k, self.dtype)
+        memo[id(self)] = new
+        return new
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def dequantize(self, dtype: torch.dtype | None = None, out: Tensor | None = None) -> Tensor:
+        """The dense ``(N, K)`` matrix (float32 into ``out`` when given, else ``dtype``)."""
+        if out is None:
+            out = torch.empty(self.shape[0], self.k, dtype=torch.float32)
+        at = 0
+        for qtype, blocks in self.segments:
+            n = blocks.shape[0]
+            _dequant(blocks, qtype, self.k, out[at : at + n])
+            at += n
+        want = self.dtype if dtype is None else dtype
+        return out if want == torch.float32 else out.to(want)
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """``F.embedding(ids, self)``: only the rows ``ids`` dequantised; ``(*ids.shape, K)``."""
+        flat = ids.reshape(-1)
+        if len(self.segments) == 1:
+            qtype, blocks = self.segments[0]
+            rows = _dequant(blocks[flat], qtype, self.k)
+        else:
+            rows = self.take_rows(flat).dequantize(torch.float32)
+        return rows.to(self.dtype).view(*ids.shape, self.k)
+
+    def all_finite(self, chunk_rows: int = 4096) -> bool:
+        """True when no dequantised value is a NaN or an infinity (checked in row chunks)."""
+        for qtype, blocks in self.segments:
+            for start in range(0, blocks.shape[0], chunk_rows):
+                part = blocks[start : start + chunk_rows]
+                if not bool(torch.isfinite(_dequant(part, qtype, self.k)).all()):
+                    return False
+        return True
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The GGUF type name of each segment, e.g. ``("Q4_1",)``."""
+        return tuple(kernels.QTYPES[q][0] for q, _ in self.segments)
+
+    @property
+    def nbytes_stored(self) -> int:
+        """Bytes actually held: the GGUF blocks."""
+        return sum(b.nbytes for _, b in self.segments)
+
+    def __repr__(self) -> str:  # type: ignore[override]
+        return (
+            f"PackedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, "
+            f"{'+'.join(self.types)}, {self.nbytes_stored:,} bytes)"
+        )
+
+    @classmethod
+    def __torch_function__(
+        cls,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, w = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if isinstance(w, PackedWeight) and not isinstance(x, PackedWeight):
+                return packed_linear(x, w, bias)
+        elif func is F.embedding:
+            ids, w = args[0], args[1]
+            max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")
+            if (
+                isinstance(w, PackedWeight)
+                and not isinstance(ids, PackedWeight)
+                and max_norm is None
+            ):
+                return w.lookup(ids)  # padding_idx & co. only change gradients; w has none
+        elif func is Tensor.__repr__:
+            return args[0].__repr__()
+        elif func in _CONVERSIONS and isinstance(args[0], PackedWeight):
+            # dtype conversions (``model.to(torch.bfloat16)``) keep the weights packed
+            w = args[0]
+            probe = torch.empty(0, dtype=w.dtype, device=w.device)
+            probe = _CONVERSIONS[func](probe, *args[1:], **kwargs)
+            if probe.device == w.device and probe.dtype in _FLOAT_DTYPES:
+                return w.as_dtype(probe.dtype)
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(  # type: ignore[override]
+        cls,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        def unwrap(t: Any) -> Any:
+            return t.dequantize() if isinstance(t, PackedWeight) else t
+
+        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+
+
+_CONVERSIONS: dict[Callable[..., Any], Callable[..., Tensor]] = {
+    Tensor.to: Tensor.to,
+    Tensor.float: Tensor.float,
+    Tensor.bfloat16: Tensor.bfloat16,
+    Tensor.half: Tensor.half,
+}
+
+
+def packed_linear(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Tensor:
+    """``x (..., K) @ w.T (+ bias)`` -> ``(..., N)`` in ``x.dtype``.
+
+    Up to `kernels.MAX_ROWS` input rows: the packed GEMV (one call per segment). More rows, no
+    kernels, or an input that needs gradients: the dense weight (in the reused buffer unless
+    gradients need it kept) and ``F.linear``.
+    """
+    K = w.k
+    if x.shape[-1] != K:
+        raise ShapeError(f"input has {x.shape[-1]} features, the packed weight takes {K}")
+    M = x.numel() // K
+    grad = x.requires_grad and torch.is_grad_enabled()
+    if 0 < M <= kernels.MAX_ROWS and not grad and x.device.type == "cpu" and kernels.available():
+        x2 = x.reshape(M, K)
+        ys = [torch.ops.headcount.gemv_q(x2, b, q, K) for q, b in w.segments]
+        y = (ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)).view(*x.shape[:-1], w.shape[0])
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return y if bias is None else y + bias
+    if grad:
+        dense = w.dequantize(x.dtype)  # kept by autograd: its own storage
+    else:
+        dense = w.dequantize(torch.float32, out=_SCRATCH.take(w.shape[0], K))
+        if x.dtype != torch.float32:
+            dense = dense.to(x.dtype)
+    return F.linear(x, dense, bias)
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear`` whose weight is a `PackedWeight` (frozen); ``bias`` stays in float."""
+
+    weight: PackedWeight
+
+    def __init__(self, weight: PackedWeight, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features = weight.shape[1]
+        self.out_features = weight.shape[0]
+        # a buffer, not a Parameter: moved by ``.to(dtype)`` (still packed), never trained; not
+        # in state_dict (`dense_state_dict` gives the dequantised weights)
+        self.register_buffer("weight", weight, persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        self._one = len(weight.segments) == 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        K = w.k
+        if (
+            self._one
+            and x.numel() <= kernels.MAX_ROWS * K
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and kernels.available()
+        ):
+            qtype, blocks = w.segments[0]
+            y = torch.ops.headcount.gemv_q(x.reshape(-1, K), blocks, qtype, K)
+            y = y.view(*x.shape[:-1], w.shape[0])
+            if y.dtype != x.dtype:
+                y = y.to(x.dtype)
+            return y if self.bias is None else y + self.bias
+        return packed_linear(x, w, self.bias)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PackedLinear:
+        super()._apply(fn, recurse)
+        self._one = len(self.weight.segments) == 1
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, dtype={self.weight.dtype}, "
+            f"packed {'+'.join(self.weight.types)}"
+        )
+
+
+def dense_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every packed weight (which the state dict leaves out: they are
+    non-persistent buffers) added back dequantised, in the dtype it looks like."""
+    state = dict(model.state_dict())
+    for name, buf in model.named_buffers():
+        if isinstance(buf, PackedWeight):
+            state[name] = buf.dequantize()
+    return state

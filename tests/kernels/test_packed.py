@@ -1,0 +1,151 @@
+"""Packed GGUF weights: the kernels' dequantisation equals the `gguf` package's reference on real
+tensors (SmolLM2's Q4_1 and Q8_0, Gemma 3's Q4_K, Q6_K, Q8_0 and Q5_0) and on random blocks;
+the packed GEMV equals F.linear on the dequantised weight for 1..8 input rows; `PackedWeight`
+behaves as its dequantised tensor; fused projections of mixed types stay packed."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf.constants import GGMLQuantizationType as T
+from gguf.quants import dequantize, quantize
+
+from headcount import kernels
+from headcount.kernels.packed import PackedLinear, PackedWeight
+from headcount.loaders.transforms import fuse_rows, llama_cpp_permute, llama_cpp_unpermute
+from tests.kernels.conftest import gemma3_tensors, needs_kernels, rows_of, smollm2_tensors
+
+# (file, tensor, GGUF type): one real tensor of every packed type in the shipped files
+REAL = [
+    ("smollm2", "blk.0.ffn_down.weight", "Q4_1"),
+    ("smollm2", "token_embd.weight", "Q8_0"),
+    ("gemma3", "blk.0.attn_output.weight", "Q4_K"),
+    ("gemma3", "blk.0.ffn_down.weight", "Q6_K"),
+    ("gemma3", "blk.0.attn_v.weight", "Q8_0"),
+    ("gemma3", "blk.0.attn_q.weight", "Q5_0"),
+]
+
+
+def _real(file: str, name: str, kind: str, n: int | None = None) -> tuple[np.ndarray, int, int]:
+    t = (smollm2_tensors() if file == "smollm2" else gemma3_tensors())[name]
+    assert t.tensor_type.name == kind  # the files hold the types this test claims to cover
+    return rows_of(t, n)
+
+
+def _random(kind: str, n: int = 48, k: int = 512, seed: int = 0) -> tuple[np.ndarray, int, int]:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 2.0, (n, 1))).astype(np.float32)
+    return np.ascontiguousarray(quantize(w, T[kind])), int(T[kind]), k
+
+
+@needs_kernels
+@pytest.mark.model
+@pytest.mark.parametrize(("file", "name", "kind"), REAL)
+def test_dequantize_equals_gguf_on_real_tensors(file: str, name: str, kind: str) -> None:
+    rows, qtype, k = _real(file, name, kind, n=4096)
+    ref = dequantize(rows, T(qtype))  # (n, K) float32
+    got = kernels.dequantize_packed(torch.from_numpy(rows), qtype, k)
+    assert np.array_equal(got.numpy(), ref)  # value for value, not within a tolerance
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"])
+def test_dequantize_equals_gguf_on_random_blocks(kind: str) -> None:
+    rows, qtype, k = _random(kind)
+    got = kernels.dequantize_packed(torch.from_numpy(rows), qtype, k)
+    assert np.array_equal(got.numpy(), dequantize(rows, T[kind]))
+
+
+def _check_gemv(rows: np.ndarray, qtype: int, k: int) -> None:
+    w = torch.from_numpy(dequantize(rows, T(qtype)))  # the reference's dense weight (N, K)
+    blocks = torch.from_numpy(rows)
+    g = torch.Generator().manual_seed(0)
+    for m in range(1, 9):
+        x = torch.randn(m, k, generator=g)
+        y = kernels.gemv_packed(x, blocks, qtype, k)
+        ref = (x.double() @ w.double().T).float()
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * float(w.abs().max()) * k**0.5)
+        torch.testing.assert_close(y, F.linear(x, w), rtol=1e-4, atol=1e-3)
+    xb = torch.randn(2, 1, k, generator=g).bfloat16()  # bfloat16 activations: output bfloat16
+    yb = kernels.gemv_packed(xb, blocks, qtype, k)
+    assert yb.dtype == torch.bfloat16 and yb.shape == (2, 1, w.shape[0])
+    torch.testing.assert_close(yb.float(), F.linear(xb.float(), w), rtol=2e-2, atol=2e-2)
+
+
+@needs_kernels
+@pytest.mark.model
+@pytest.mark.parametrize(("file", "name", "kind"), REAL)
+def test_packed_gemv_equals_linear_on_real_tensors(file: str, name: str, kind: str) -> None:
+    _check_gemv(*_real(file, name, kind, n=300))
+
+
+@needs_kernels
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_1"])
+def test_packed_gemv_equals_linear_on_random_blocks(kind: str) -> None:
+    _check_gemv(*_random(kind, n=37, k=96))
+
+
+def test_bad_arguments_are_named() -> None:
+    rows, qtype, k = _random("Q4_0", n=4, k=64)
+    with pytest.raises(Exception, match="K % 256|ggml type 99"):
+        PackedWeight([(99, torch.from_numpy(rows))], k)
+    with pytest.raises(Exception, match=r"uint8 \(n, 36\)"):
+        PackedWeight([(qtype, torch.from_numpy(rows[:, :30].copy()))], k)
+    w = PackedWeight([(qtype, torch.from_numpy(rows))], k)
+    with pytest.raises(Exception, match="takes 64"):
+        F.linear(torch.randn(1, 63), w)
+
+
+def test_packed_weight_acts_as_its_dense_tensor() -> None:
+    rows, qtype, k = _random("Q8_0", n=40, k=64)
+    w = PackedWeight.from_gguf(rows, qtype, k)
+    dense = torch.from_numpy(dequantize(rows, T.Q8_0))
+    assert w.shape == (40, 64) and w.dtype == torch.float32 and w.nbytes_stored == rows.nbytes
+    ids = torch.tensor([[3, 0, 39], [7, 7, 1]])
+    assert torch.equal(F.embedding(ids, w), dense[ids])  # only the looked-up rows
+    assert torch.equal(w[5:9], dense[5:9])  # anything else: the dequantised tensor
+    assert torch.equal(w.T @ torch.ones(40), dense.T @ torch.ones(40))
+    half = w.to(torch.bfloat16)  # conversions keep the blocks
+    assert isinstance(half, PackedWeight) and half.dtype == torch.bfloat16
+    x = torch.randn(3, 64)
+    assert F.linear(x.bfloat16(), half).dtype == torch.bfloat16
+    torch.testing.assert_close(F.linear(x, w), x @ dense.T, rtol=1e-5, atol=1e-5)
+    big = torch.randn(20, 64)  # prefill: more than MAX_ROWS rows use the dense GEMM
+    torch.testing.assert_close(F.linear(big, w), big @ dense.T, rtol=1e-5, atol=1e-5)
+    c = copy.deepcopy(w)
+    assert isinstance(c, PackedWeight) and torch.equal(c.dequantize(), dense)
+
+
+def test_gradients_reach_the_input_not_the_packed_weight() -> None:
+    rows, qtype, k = _random("Q4_1", n=16, k=64)
+    lin = PackedLinear(PackedWeight.from_gguf(rows, qtype, k), torch.zeros(16))
+    dense = torch.from_numpy(dequantize(rows, T.Q4_1))
+    x = torch.randn(2, 64, requires_grad=True)
+    lin(x).square().sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    F.linear(xr, dense).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    assert lin.bias is not None and lin.bias.requires_grad is False  # frozen
+
+
+def test_row_permutation_and_fusion_of_mixed_types() -> None:
+    """Llama GGUFs permute Q/K rows; Gemma's fused Q|K|V mixes types: rows move as blocks."""
+    q, tq, k = _random("Q4_1", n=32, k=64, seed=1)
+    kk, tk, _ = _random("Q8_0", n=16, k=64, seed=2)
+    v, tv, _ = _random("Q8_0", n=16, k=64, seed=3)
+    dq, dk, dv = (torch.from_numpy(dequantize(r, T(t))) for r, t in ((q, tq), (kk, tk), (v, tv)))
+    pq = llama_cpp_unpermute(PackedWeight.from_gguf(q, tq, k), 4)
+    assert isinstance(pq, PackedWeight) and torch.equal(pq.dequantize(), llama_cpp_unpermute(dq, 4))
+    assert torch.equal(llama_cpp_permute(llama_cpp_unpermute(dq, 4), 4), dq)
+    fused = fuse_rows(pq, PackedWeight.from_gguf(kk, tk, k), PackedWeight.from_gguf(v, tv, k))
+    assert isinstance(fused, PackedWeight) and fused.types == ("Q4_1", "Q8_0")  # K and V merged
+    ref = torch.cat([llama_cpp_unpermute(dq, 4), dk, dv])
+    assert torch.equal(fused.dequantize(), ref)
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(PackedLinear(fused)(x), x @ ref.T, rtol=1e-5, atol=1e-5)
+    sel = torch.tensor([40, 2, 63, 33])  # rows across segments
+    assert torch.equal(fused.take_rows(sel).dequantize(), ref[sel])
