@@ -29,8 +29,8 @@ lint: setup
 test: lint
 	$(VENV)/bin/pytest
 
-demo: setup
-	$(VENV)/bin/headcount demo
+demo: setup  # --force: re-running replaces the earlier out/demo-report (only while it holds nothing but its own files)
+	$(VENV)/bin/headcount demo --force
 
 bench: setup
 	$(PY) benchmarks/attention.py
