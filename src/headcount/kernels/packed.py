@@ -288,7 +288,7 @@ def packed_linear(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Ten
     grad = x.requires_grad and torch.is_grad_enabled()
     if 0 < M <= kernels.MAX_ROWS and not grad and x.device.type == "cpu" and kernels.available():
         x2 = x.reshape(M, K)
-        ys = [torch.ops.headcount.gemv_q(x2, b, q, K) for q, b in w.segments]
+        ys = [kernels.packed_op(q)(x2, b, q, K) for q, b in w.segments]
         y = (ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)).view(*x.shape[:-1], w.shape[0])
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
@@ -327,7 +327,7 @@ class PackedLinear(nn.Module):
             and kernels.available()
         ):
             qtype, blocks = w.segments[0]
-            y = torch.ops.headcount.gemv_q(x.reshape(-1, K), blocks, qtype, K)
+            y = kernels.packed_op(qtype)(x.reshape(-1, K), blocks, qtype, K)
             y = y.view(*x.shape[:-1], w.shape[0])
             if y.dtype != x.dtype:
                 y = y.to(x.dtype)

@@ -27,6 +27,12 @@ int64_t qtype_block(int64_t qtype);  // values per block (32 or 256)
 int64_t qtype_bytes(int64_t qtype);  // bytes per block
 void gemv_q(int64_t qtype, const float *x, int64_t M, int64_t K, const uint8_t *w, float *y,
             int64_t N, int64_t n0, int64_t n1);
+// the same with int8 activations (Q4_0, Q4_1, Q8_0 only): x (M, K) rounded per 32 values by
+// quantize_rows to xq with scales dx and exact sums xs (M, K/32)
+bool qtype_int8_activations(int64_t qtype);
+void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *dx, float *xs);
+void gemv_q_a8(int64_t qtype, const int8_t *xq, const float *dx, const float *xs, int64_t M,
+               int64_t K, const uint8_t *w, float *y, int64_t N, int64_t n0, int64_t n1);
 // rows n0..n1 of w dequantised into out (N, K) float32, equal to gguf.quants.dequantize
 void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 

@@ -97,6 +97,28 @@ Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     return y;
 }
 
+// int8 activations: x rounded per 32 values (once, before the row split), then int8 dot products
+Tensor gemv_q8a(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
+    check_packed(w, qtype, K);
+    check_input(x, K);
+    TORCH_CHECK(hc::qtype_int8_activations(qtype),
+                "gemv_q8a: int8 activations serve Q4_0, Q4_1 and Q8_0, not type ", qtype);
+    const int64_t M = x.size(0), N = w.size(0), ng = K / 32;
+    Tensor xf = x.to(at::kFloat).contiguous();
+    Tensor xq = at::empty({M, K}, x.options().dtype(at::kChar));
+    Tensor sc = at::empty({2, M, ng}, x.options().dtype(at::kFloat));
+    float *dx = sc.data_ptr<float>(), *xs = dx + M * ng;
+    hc::quantize_rows(xf.data_ptr<float>(), M, K, xq.data_ptr<int8_t>(), dx, xs);
+    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    const int8_t *xqp = xq.data_ptr<int8_t>();
+    const uint8_t *wp = w.data_ptr<uint8_t>();
+    float *yp = y.data_ptr<float>();
+    at::parallel_for(0, N, grain(K / 4), [&](int64_t n0, int64_t n1) {
+        hc::gemv_q_a8(qtype, xqp, dx, xs, M, K, wp, yp, N, n0, n1);
+    });
+    return y;
+}
+
 void dequant_q(const Tensor &w, int64_t qtype, int64_t K, Tensor out) {
     check_packed(w, qtype, K);
     const int64_t N = w.size(0);
@@ -123,17 +145,20 @@ void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
 TORCH_LIBRARY(headcount, m) {
     m.def("gemv(Tensor x, Tensor w, Tensor? scale=None) -> Tensor");
     m.def("gemv_q(Tensor x, Tensor w, int qtype, int k) -> Tensor");
+    m.def("gemv_q8a(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(headcount, CPU, m) {
     m.impl("gemv", &gemv);
     m.impl("gemv_q", &gemv_q);
+    m.impl("gemv_q8a", &gemv_q8a);
     m.impl("dequant_q", &dequant_q);
 }
 
 TORCH_LIBRARY_IMPL(headcount, Meta, m) {
     m.impl("gemv", &gemv_meta);
     m.impl("gemv_q", &gemv_q_meta);
+    m.impl("gemv_q8a", &gemv_q_meta);
     m.impl("dequant_q", &dequant_q_meta);
 }
