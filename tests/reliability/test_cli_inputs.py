@@ -208,3 +208,18 @@ def test_a_closed_pipe_ends_quietly(
     code = main(["kv", "llama-3-8b"])
     monkeypatch.undo()
     assert code == 141 and capsys.readouterr().err == ""
+
+
+def test_a_text_that_never_ends_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import headcount.cli.main as cli
+
+    monkeypatch.setattr(cli, "MAX_TEXT_BYTES", 1000)  # 256 MiB in use; the check is the same
+    code, err = run(capsys, "view", MISSING_MODEL, "@/dev/zero", "-o", str(tmp_path / "v.html"))
+    assert code == 2 and "@FILE /dev/zero is larger than 1,000 bytes" in err
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"x" * 1000)
+    assert cli.read_text_file(text, "--text") == "x" * 1000  # at the limit: read
+    text.write_bytes(b"a\r\nb\rc\n")
+    assert cli.read_text_file(text, "--text") == "a\nb\nc\n" == text.read_text()

@@ -94,19 +94,31 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
 
 
+MAX_TEXT_BYTES = 256 * 2**20  # a text file read whole; /dev/zero would never end
+
+
 def read_text_file(path: str | Path, what: str) -> str:
-    """The UTF-8 text of the file ``path``; `UsageError` naming ``what`` (e.g. "--text") when it
-    is missing, a folder, unreadable or not UTF-8."""
+    """The UTF-8 text of the file ``path`` (newlines as `Path.read_text` gives them); `UsageError`
+    naming ``what`` (e.g. "--text") when it is missing, a folder, unreadable, not UTF-8 or
+    larger than `MAX_TEXT_BYTES` (a device that never ends, such as /dev/zero)."""
     p = Path(path).expanduser()
     check_file(p, what)
     try:
-        return p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise UsageError(
+                f"{what} {p} is larger than {MAX_TEXT_BYTES:,} bytes (a device that never "
+                "ends?); give a shorter text file"
+            )
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(
             f"{what} {p} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
         ) from exc
     except OSError as exc:
         raise UsageError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines
 
 
 def check_file(path: str | Path, what: str) -> Path:
