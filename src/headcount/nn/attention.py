@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headcount.errors import ConfigError, DTypeError, ShapeError
@@ -351,29 +352,38 @@ class Attention(nn.Module):
         """
         B = x.shape[0]
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        past = 0
-        if cache is not None:
-            cache.check_compatible(B, G, D, x.dtype)
-            past = cache.length
         qkv = self.qkv_proj(x.view(B, -1)).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
-        qk, v = qkv[:, : H + G], qkv[:, H + G :]  # (B, H + G, D), (B, G, D)
-        if self.q_norm is not None or self.k_norm is not None:
-            q, k = qk[:, :H], qk[:, H:]
-            q = q if self.q_norm is None else self.q_norm(q)
-            k = k if self.k_norm is None else self.k_norm(k)
-            qk = torch.cat((q, k), dim=1)
-        if self.rope is not None:
-            cos, _, signed_sin = self.rope.table(past + 1, x.dtype, x.device)
-            qk = self.rope.rotate(qk, cos[past], signed_sin[past])
-        k, v = qk[:, H:, None], v[:, :, None]  # (B, G, 1, D)
+        qk, v = qkv.split((H + G, G), dim=1)  # (B, H + G, D), (B, G, D)
+        q_norm, k_norm = self.q_norm, self.k_norm
+        if q_norm is not None or k_norm is not None:
+            q, k = qk.split((H, G), dim=1)
+            qk = torch.cat(
+                (q if q_norm is None else q_norm(q), k if k_norm is None else k_norm(k)), 1
+            )
+        past = 0 if cache is None else cache.length
+        rope = self.rope
+        if rope is not None:
+            cos, _, signed_sin = rope.table(past + 1, x.dtype, x.device)
+            qk = rope.rotate(qk, cos.select(0, past), signed_sin.select(0, past))
+        q, k = qk.split((H, G), dim=1)
+        k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, G, 1, D)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, S, D): views of the cache
-        sizes = None if self.uniform_groups else self.group_sizes
-        y = sdpa_attention(
-            qk[:, :H, None], k, v, None, is_causal=False, scale=self.scale, group_sizes=sizes
-        )  # (B, H, 1, D)
-        if self.head_gate is not None:
-            y = y * self.head_gate.view(1, H, 1, 1).to(y.dtype)
+        if self.uniform_groups:  # the R query heads of a group as R query rows
+            y = F.scaled_dot_product_attention(q.view(B, G, H // G, D), k, v, scale=self.scale)
+        else:
+            y = sdpa_attention(
+                q.unsqueeze(2),
+                k,
+                v,
+                None,
+                is_causal=False,
+                scale=self.scale,
+                group_sizes=self.group_sizes,
+            )  # (B, H, 1, D)
+        gate = self.head_gate
+        if gate is not None:
+            y = y.reshape(B, H, D) * gate.view(1, H, 1).to(y.dtype)
         return self.o_proj(y.reshape(B, H * D)).view(B, 1, -1)  # 2-D: fewer ops in linear
 
     def _band(self, qpos: Tensor, k0: int, k1: int) -> Tensor:

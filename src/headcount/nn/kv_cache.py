@@ -146,18 +146,20 @@ class KVCache(nn.Module):
                 f"k and v must both be (B, G, T, D); got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         B, G, T, D = k.shape
-        self.check_compatible(B, G, D, k.dtype)
+        kb, vb = self.k, self.v
+        if kb.shape[0] != B or kb.shape[1] != G or kb.shape[3] != D or kb.dtype != k.dtype:
+            self.check_compatible(B, G, D, k.dtype)  # raises, naming what differs
         end = self.length + T
-        if end > self.max_len:
+        if end > self._max_len:
             raise CacheOverflowError(
                 f"KV cache overflow: {self.length} cached + {T} new = {end} positions "
                 f"> max_len={self.max_len}; create the cache with a larger max_len"
             )
         if self.window is None:
-            self.k[:, :, self.length : end].copy_(k)
-            self.v[:, :, self.length : end].copy_(v)
+            kb.narrow(2, self.length, T).copy_(k)
+            vb.narrow(2, self.length, T).copy_(v)
             self.length = end
-            return self.k[:, :, :end], self.v[:, :, :end]
+            return kb.narrow(2, 0, end), vb.narrow(2, 0, end)
         keep = min(T, self.slots)  # older new positions would be overwritten at once
         if keep == 1:  # one position (a decode step): a slice, no index tensor
             slot = (end - 1) % self.slots
