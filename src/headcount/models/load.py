@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from pathlib import Path
 
 import torch
@@ -76,6 +78,13 @@ def install_packed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tens
     return rest
 
 
+def _return_freed_memory() -> None:
+    """Ask glibc to give freed heap pages back to the OS (loading packed weights frees ~60 MB
+    of temporaries that would otherwise stay resident); a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def from_checkpoint(ck: Checkpoint, dtype: torch.dtype | None = None) -> Decoder | Encoder:
     """The model of ``ck`` in eval mode: its tensors as ``dtype``; with None, float32 except
     the `PackedWeight`s (`load(..., dtype=None)`), which stay packed."""
@@ -84,6 +93,8 @@ def from_checkpoint(ck: Checkpoint, dtype: torch.dtype | None = None) -> Decoder
     state = install_packed(model, ck.state_dict)
     dense = torch.float32 if dtype is None else dtype
     load_state(model, {k: v.to(dense) for k, v in state.items()}, weights)
+    if len(state) < len(ck.state_dict):
+        _return_freed_memory()  # the file's pages and the packing's temporaries
     model.set_tokenizer(ck.tokenizer, ck.tokenizer_error)
     model.source = ck.source
     if isinstance(model, Encoder) and ck.extra and ck.extra.get("max_seq_length"):

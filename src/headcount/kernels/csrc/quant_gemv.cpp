@@ -184,11 +184,50 @@ void gemv_rows(const float *x, int64_t K, const uint8_t *w, float *y, int64_t N,
     delete[] heap;
 }
 
+// one input row (decoding): two weight rows at a time share the loads of x and give four
+// independent FMA chains
+template <class Q>
+void gemv_1x2(const float *x, int64_t K, const uint8_t *w, float *y, int64_t n0, int64_t n1) {
+    const int64_t nb = K / Q::QK, row_bytes = nb * Q::BYTES, ng = K / 32;
+    constexpr int G = Q::QK / 32;
+    float xs_stack[64];
+    float *xsum = ng <= 64 ? xs_stack : new float[ng];
+    if (Q::BIAS)
+        for (int64_t g = 0; g < ng; g++)
+            xsum[g] = vsum(vadd(vload(x + 32 * g), vload(x + 32 * g + 16)));
+    int64_t n = n0;
+    for (; n + 2 <= n1; n += 2) {
+        const uint8_t *w0 = w + n * row_bytes, *w1 = w0 + row_bytes;
+        V a0 = vzero(), a1 = a0, b0 = a0, b1 = a0;
+        float s0 = 0.0f, s1 = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            Decoded p, q;
+            Q::decode(w0 + (g / G) * Q::BYTES, (int)(g % G), p);
+            Q::decode(w1 + (g / G) * Q::BYTES, (int)(g % G), q);
+            const V xlo = vload(x + 32 * g), xhi = vload(x + 32 * g + 16);
+            if (Q::SAME) {
+                a0 = vfma(vset(p.dlo), vfma(p.qhi, xhi, vmul(p.qlo, xlo)), a0);
+                b0 = vfma(vset(q.dlo), vfma(q.qhi, xhi, vmul(q.qlo, xlo)), b0);
+            } else {
+                a0 = vfma(vset(p.dlo), vmul(p.qlo, xlo), a0);
+                a1 = vfma(vset(p.dhi), vmul(p.qhi, xhi), a1);
+                b0 = vfma(vset(q.dlo), vmul(q.qlo, xlo), b0);
+                b1 = vfma(vset(q.dhi), vmul(q.qhi, xhi), b1);
+            }
+            if (Q::BIAS) s0 += p.bias * xsum[g], s1 += q.bias * xsum[g];
+        }
+        y[n] = vsum(vadd(a0, a1)) + s0;
+        y[n + 1] = vsum(vadd(b0, b1)) + s1;
+    }
+    if (xsum != xs_stack) delete[] xsum;
+    if (n < n1) gemv_rows<Q, 1>(x, K, w, y, 0, n, n1);
+}
+
 template <class Q>
 void gemv_m(const float *x, int64_t M, int64_t K, const uint8_t *w, float *y, int64_t N,
             int64_t n0, int64_t n1) {
     switch (M) {
-        case 1: return gemv_rows<Q, 1>(x, K, w, y, N, n0, n1);
+        case 1: return gemv_1x2<Q>(x, K, w, y, n0, n1);
         case 2: return gemv_rows<Q, 2>(x, K, w, y, N, n0, n1);
         case 3: return gemv_rows<Q, 3>(x, K, w, y, N, n0, n1);
         case 4: return gemv_rows<Q, 4>(x, K, w, y, N, n0, n1);
