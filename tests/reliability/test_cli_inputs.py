@@ -223,3 +223,20 @@ def test_a_text_that_never_ends_is_refused(
     assert cli.read_text_file(text, "--text") == "x" * 1000  # at the limit: read
     text.write_bytes(b"a\r\nb\rc\n")
     assert cli.read_text_file(text, "--text") == "a\nb\nc\n" == text.read_text()
+
+
+def test_conllu_that_never_ends_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import headcount.cli.main as cli
+
+    monkeypatch.setattr(cli, "MAX_TEXT_BYTES", 1000)
+    text = tmp_path / "t.txt"
+    text.write_text("a few words of text")
+    argv = ["analyze", MISSING_MODEL, "--text", str(text), "-o", str(tmp_path / "rep")]
+    code, err = run(capsys, *argv, "--conllu", "/dev/zero")
+    assert code == 2 and "--conllu /dev/zero is larger than 1,000 bytes" in err
+    bad = tmp_path / "bad.conllu"
+    bad.write_text("1\tword\n\n")  # parsed from the text read, errors name the file
+    code, err = run(capsys, *argv, "--conllu", str(bad))
+    assert code == 2 and str(bad) in err and "HEAD/DEPREL" in err

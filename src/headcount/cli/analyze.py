@@ -125,16 +125,17 @@ def run(args: argparse.Namespace) -> int:
     world.check_same("text", {"chars": len(text), "sha256": _digest(text)})
     sentences = None
     if not args.no_syntax:
-        from importlib.resources import files
+        if args.conllu is None:
+            from importlib.resources import files
 
-        from headcount.cli.main import check_file
+            sentences = read_conllu(Path(str(files("headcount") / "data" / "sample.conllu")))
+        else:
+            from headcount.cli.main import read_text_file
 
-        source = (
-            check_file(args.conllu, "--conllu")
-            if args.conllu is not None
-            else Path(str(files("headcount") / "data" / "sample.conllu"))
-        )
-        sentences = read_conllu(source)
+            # read here, at most MAX_TEXT_BYTES: a device such as /dev/zero never ends
+            data = read_text_file(args.conllu, "--conllu")
+            source = data if "\n" in data else Path(args.conllu)  # one line: a path to read_conllu
+            sentences = read_conllu(source, name=str(args.conllu))
     if world.is_main:
         print(f"loading {args.model} ...", file=sys.stderr)
     model = load(args.model)

@@ -36,8 +36,9 @@ class Sentence:
     sent_id: str
 
 
-def read_conllu(source: str | Path) -> list[Sentence]:
-    """Parse CoNLL-U (a path, or the text itself when it contains a newline) into `Sentence`s.
+def read_conllu(source: str | Path, name: str | None = None) -> list[Sentence]:
+    """Parse CoNLL-U (a path, or the text itself when it contains a newline) into `Sentence`s;
+    errors about a text name it ``name`` (say, the file it was read from).
 
     Multiword tokens ("don't" = do + n't) give their surface form to the text and their span to
     each of their words; empty nodes (ids like 3.1) are skipped. Raises `ConlluError` naming the
@@ -53,7 +54,7 @@ def read_conllu(source: str | Path) -> list[Sentence]:
             raise ConlluError(f"{path} is not UTF-8 text: {exc}") from exc
         where = str(path)
     else:
-        data, where = source, "CoNLL-U text"
+        data, where = source, name or "CoNLL-U text"
     try:
         parsed = conllu.parse(data)
     except Exception as exc:  # conllu raises ParseException and plain ValueErrors
