@@ -179,3 +179,21 @@ def test_row_permutation_and_fusion_of_mixed_types() -> None:
     torch.testing.assert_close(PackedLinear(fused)(x), x @ ref.T, rtol=1e-5, atol=1e-5)
     sel = torch.tensor([40, 2, 63, 33])  # rows across segments
     assert torch.equal(fused.take_rows(sel).dequantize(), ref[sel])
+
+
+@needs_kernels
+def test_ops_trace_under_torch_compile_and_show_in_the_profiler() -> None:
+    rows, qtype, k = _random("Q4_1", n=24, k=64)
+    blocks = torch.from_numpy(rows)
+    x = torch.randn(2, 64)
+
+    def f(x: Tensor) -> Tensor:
+        return torch.relu(torch.ops.headcount.gemv_q(x, blocks, qtype, k)) + 1
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)  # fake tensors: Meta impl
+    torch.testing.assert_close(compiled(x), f(x))
+    from torch.profiler import profile
+
+    with profile() as prof:
+        f(x)
+    assert "headcount::gemv_q" in {e.key for e in prof.key_averages()}
