@@ -79,13 +79,15 @@ def prepare_target(
     force_flag: str = "force=True",
     error: Error = OutputError,
     listing: str | None = None,
+    known: tuple[str, ...] = (),
 ) -> Path:
     """Check that the folder ``target`` may be written; returns its absolute path. Creates nothing
     (an earlier folder a killed run left moved aside is put back first, see `recover`).
 
     Allowed: a new folder, an empty folder, or (with ``force``) a folder that holds an earlier
     headcount ``what``, recognised by the file ``marker`` and, when ``listing`` names the file
-    that lists what it wrote, holding nothing else; and a place where a folder can really be
+    that lists what it wrote, holding nothing else (a folder from before listings: nothing but
+    the top-level names ``known``); and a place where a folder can really be
     created (os.access says yes to root even where nothing can, as in /proc). A symlink is
     refused: the swap would replace the link, not the folder it points to.
     """
@@ -104,7 +106,7 @@ def prepare_target(
             if not force:
                 raise error(f"{out} already holds a {what}; pass {force_flag} to replace it")
             if listing is not None:
-                _check_only_ours(out, listing, what, force_flag, error)
+                _check_only_ours(out, listing, known, what, force_flag, error)
     parent = ancestor = out.parent
     try:
         while not ancestor.exists():
@@ -116,15 +118,18 @@ def prepare_target(
     return out
 
 
-def foreign_paths(folder: Path, listing: str) -> list[str] | None:
-    """The paths under ``folder`` (relative, sorted) that its ``listing`` file does not name;
-    None when there is no listing (a folder from before listings, or not ours at all)."""
+def foreign_paths(folder: Path, listing: str, known: tuple[str, ...] = ()) -> list[str] | None:
+    """The paths under ``folder`` (relative, sorted) that its ``listing`` file does not name.
+    Without a listing (a folder from before listings, or not ours at all): those outside the
+    top-level names ``known``, or None when nothing is known."""
     try:
         lines = (folder / listing).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
-        return None
+        lines = []
     if not lines or lines[0] != LISTING_HEADER:
-        return None
+        if not known:
+            return None
+        return [p for p in _walk(folder) if p.split("/")[0] not in known]
     ours = set(lines[1:]) | {listing}
     return [p for p in _walk(folder) if p not in ours]
 
@@ -138,8 +143,10 @@ def _walk(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def _check_only_ours(folder: Path, listing: str, what: str, force_flag: str, error: Error) -> None:
-    foreign = foreign_paths(folder, listing)
+def _check_only_ours(
+    folder: Path, listing: str, known: tuple[str, ...], what: str, force_flag: str, error: Error
+) -> None:
+    foreign = foreign_paths(folder, listing, known)
     if foreign is None:
         raise error(
             f"{folder} holds a {what} from an earlier headcount that did not list its files, so "
@@ -194,13 +201,15 @@ def write_atomically(
     *,
     error: Error = OutputError,
     listing: str | None = None,
+    known: tuple[str, ...] = (),
 ) -> Path:
     """Run ``fill(folder)`` on a new temporary sibling of ``target``, give what it wrote the usual
     permissions (0666/0777 less the umask: mkstemp and mkdtemp make them private), then rename it
     to ``target``, replacing an earlier folder there. ``target`` comes from `prepare_target`.
     With ``listing``, the file of that name (which ``fill`` may have started) ends with every
     path the folder holds, and an earlier folder is replaced only if it holds nothing its own
-    listing does not name (checked again just before the swap); without, only an empty one.
+    listing does not name (unlisted: nothing outside the top-level names ``known``), checked
+    again just before the swap; without ``listing``, an earlier folder is replaced whole.
 
     On any failure, SIGTERM and SIGHUP included, the sibling and the parent folders made for it
     are removed; an `OSError` becomes ``error``, other exceptions pass unchanged.
@@ -217,7 +226,7 @@ def write_atomically(
                 _write_listing(tmp, listing)
             _usual_permissions(tmp)
             _pause("fill")
-            _swap_into_place(tmp, target, listing, error)
+            _swap_into_place(tmp, target, listing, known, error)
     except BaseException as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already if the swap worked
@@ -295,7 +304,9 @@ def _usual_permissions(root: Path) -> None:
             os.chmod(path, full & ~mask)
 
 
-def _swap_into_place(tmp: Path, target: Path, listing: str | None, error: Error) -> None:
+def _swap_into_place(
+    tmp: Path, target: Path, listing: str | None, known: tuple[str, ...], error: Error
+) -> None:
     """Rename ``tmp`` to ``target``; an earlier folder there is deleted only after that worked,
     and put back if it failed. SIGINT, SIGTERM and SIGHUP wait until the swap is over; a kill
     between the two renames leaves the earlier folder in ``.NAME.old-PID-*`` for `recover`."""
@@ -308,7 +319,7 @@ def _swap_into_place(tmp: Path, target: Path, listing: str | None, error: Error)
             os.rename(tmp, target)
             return
         if listing is not None:  # someone may have put files there while we worked
-            foreign = foreign_paths(target, listing)
+            foreign = foreign_paths(target, listing, known)
             if foreign is None or foreign:
                 names = _walk(target) if foreign is None else foreign
                 raise error(

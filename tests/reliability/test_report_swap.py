@@ -277,3 +277,36 @@ def test_leftovers_of_dead_runs_are_tidied_and_live_ones_kept(tmp_path: Path) ->
     outputs.recover(out)
     assert (out / MARKER).read_text() == "listing"  # the earlier folder is back
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report", busy.name, other.name])
+
+
+# ------------------------------------------------------ item 2, checkpoints (prune, convert)
+def test_prune_force_never_deletes_the_users_files(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    decoder_dir: Path,  # noqa: F811
+) -> None:
+    """A saved model a command wrote lists its files too; one without the list (model.save, an
+    earlier headcount) may hold only what a save and its report write."""
+    from headcount.report.write import LISTING
+
+    out = tmp_path / "pruned"
+    argv = ["prune", str(decoder_dir), "--fraction", "0.2", "--by", "random"]
+    argv += ["--tokens", "64", "--window", "32", "--eval-tokens", "64", "-o", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    lines = (out / LISTING).read_text().splitlines()
+    assert lines[0] == outputs.LISTING_HEADER
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    assert set(lines[1:]) == on_disk - {LISTING}
+    assert {"headcount.json", "model.safetensors", "report/prune.json"} <= set(lines[1:])
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    assert main([*argv, "--force"]) == 2  # refused before the model loads
+    assert "holds files headcount did not write (notes.txt)" in capsys.readouterr().err
+    (out / LISTING).unlink()  # as model.save or an earlier headcount left it
+    assert main([*argv, "--force"]) == 2
+    assert "(notes.txt)" in capsys.readouterr().err
+    assert tree(out) == {k: v for k, v in before.items() if k != LISTING}
+    (out / "notes.txt").unlink()
+    assert main([*argv, "--force"]) == 0  # only a save's own files: replaced
+    assert (out / LISTING).is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]

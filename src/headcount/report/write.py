@@ -14,7 +14,7 @@ from typing import Any
 from headcount import outputs
 from headcount.errors import HeadcountError
 from headcount.heads.analysis import HeadAnalysis
-from headcount.loaders.saved import META
+from headcount.loaders.saved import HF_CONFIG, META, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS
 from headcount.models.base import TextModel
 from headcount.models.save import model_sources, write_contents
 from headcount.report.figures import all_figures
@@ -23,6 +23,11 @@ from headcount.report.tables import write_csv, write_json
 
 MARKER = ".headcount-report"
 REPORT = "report"  # the report folder inside a checkpoint a command saves
+# A checkpoint a command writes lists its files here (a report lists them in its marker), so
+# --force replaces it only while it holds nothing else; one without the list (model.save, or an
+# earlier headcount) only while it holds nothing but what a save and its report write.
+LISTING = ".headcount-files"
+SAVED = (META, WEIGHTS, TOKENIZER, TOKENIZER_CONFIG, HF_CONFIG, REPORT)
 
 
 class ReportError(HeadcountError, OSError):
@@ -37,7 +42,9 @@ def prepare_target(
 
     Allowed: a new folder, an empty folder, or (with ``force``) a folder that holds an earlier
     one, recognised by the file ``marker``; an earlier report (``marker=MARKER``) must hold
-    nothing but the files its marker lists. Anything else raises `ReportError` before any work.
+    nothing but the files its marker lists, an earlier saved model (``marker=META``) nothing
+    but what its `LISTING` names or, without one, what a save writes (`SAVED`). Anything else
+    raises `ReportError` before any work.
     """
     return outputs.prepare_target(
         out_dir,
@@ -46,8 +53,16 @@ def prepare_target(
         force=force,
         force_flag="--force",
         error=ReportError,
-        listing=MARKER if marker == MARKER else None,
+        **_listing(marker),
     )
+
+
+def _listing(marker: str) -> dict[str, Any]:
+    if marker == MARKER:
+        return {"listing": MARKER}
+    if marker == META:
+        return {"listing": LISTING, "known": SAVED}
+    return {}
 
 
 def check_apart(out_dir: str | Path, source: str | Path, what: str = "the model's source") -> None:
@@ -94,8 +109,9 @@ def write_checkpoint(
     """The files of ``model.save`` in a temporary sibling of ``out_dir``, ``extra(folder)`` adds
     files (a report) to it, then the whole folder moves into place; returns the folder.
 
-    ``out_dir`` may be new, empty, or (with ``force``) an earlier saved model; never the model's
-    source, a folder inside it or one around it.
+    ``out_dir`` may be new, empty, or (with ``force``) an earlier saved model holding nothing
+    else (see `prepare_target`); never the model's source, a folder inside it or one around it.
+    The folder lists its files in `LISTING`.
     """
     out = Path(out_dir).expanduser().absolute()
     for source in model_sources(model):
@@ -107,7 +123,7 @@ def write_checkpoint(
         if extra is not None:
             extra(folder)
 
-    return outputs.write_atomically(out, fill, error=ReportError)
+    return outputs.write_atomically(out, fill, error=ReportError, **_listing(META))
 
 
 def write_checkpoint_report(
