@@ -37,7 +37,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
         d_ff = gu.shape[-1] // 2
-        return self.down(F.silu(gu[..., :d_ff]) * gu[..., d_ff:]).view(x.shape)
+        return self.down(F.silu(gu.narrow(-1, 0, d_ff)) * gu.narrow(-1, d_ff, d_ff)).view(x.shape)
 
 
 class DecoderLayer(nn.Module):

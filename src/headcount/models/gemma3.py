@@ -60,7 +60,8 @@ class GeGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
         d_ff = gu.shape[-1] // 2
-        return self.down(F.gelu(gu[..., :d_ff], approximate="tanh") * gu[..., d_ff:]).view(x.shape)
+        gate, up = gu.narrow(-1, 0, d_ff), gu.narrow(-1, d_ff, d_ff)
+        return self.down(F.gelu(gate, approximate="tanh") * up).view(x.shape)
 
 
 class Gemma3Layer(DecoderLayer):

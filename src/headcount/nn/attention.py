@@ -353,10 +353,10 @@ class Attention(nn.Module):
         B = x.shape[0]
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj(x.view(B, -1)).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
-        qk, v = qkv.split((H + G, G), dim=1)  # (B, H + G, D), (B, G, D)
+        qk, v = qkv.split_with_sizes((H + G, G), dim=1)  # (B, H + G, D), (B, G, D)
         q_norm, k_norm = self.q_norm, self.k_norm
         if q_norm is not None or k_norm is not None:
-            q, k = qk.split((H, G), dim=1)
+            q, k = qk.split_with_sizes((H, G), dim=1)
             qk = torch.cat(
                 (q if q_norm is None else q_norm(q), k if k_norm is None else k_norm(k)), 1
             )
@@ -365,7 +365,7 @@ class Attention(nn.Module):
         if rope is not None:
             cos, _, signed_sin = rope.table(past + 1, x.dtype, x.device)
             qk = rope.rotate(qk, cos.select(0, past), signed_sin.select(0, past))
-        q, k = qk.split((H, G), dim=1)
+        q, k = qk.split_with_sizes((H, G), dim=1)
         k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, G, 1, D)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, S, D): views of the cache
@@ -433,10 +433,9 @@ class Attention(nn.Module):
     def _check_input(self, name: str, t: Tensor) -> tuple[int, int]:
         if t.ndim != 3 or t.shape[-1] != self.d_model:
             raise ShapeError(f"{name} must be (B, T, d_model={self.d_model}), got {tuple(t.shape)}")
-        if t.dtype != self.qkv_proj.weight.dtype:
-            raise DTypeError(
-                f"{name} is {t.dtype} but the attention weights are {self.qkv_proj.weight.dtype}"
-            )
+        w_dtype = self.qkv_proj.weight.dtype
+        if t.dtype != w_dtype:
+            raise DTypeError(f"{name} is {t.dtype} but the attention weights are {w_dtype}")
         return t.shape[0], t.shape[1]
 
     def _project(
