@@ -477,9 +477,11 @@ def _finite(t: Tensor, name: str, path: str) -> Tensor:
     if not t.is_floating_point():
         return t
     if isinstance(t, PackedWeight):  # dequantised in row chunks, the blocks kept
-        if not t.all_finite():
+        bad = t.count_nonfinite()
+        if bad:
             raise CheckpointError(
-                f"{path}: tensor {name} has NaN or infinite values; the file is corrupt"
+                f"{path}: tensor {name} has {bad:,} NaN or infinite values of {t.numel():,}; "
+                "the file is corrupt"
             )
         return t
     flat = t.detach().reshape(-1)
