@@ -10,16 +10,16 @@ each decode path it finds, a 64-token prompt fills the cache, then:
   event, nested ones included: each one is a trip through the dispatcher), top-level aten ops
   (those the Python code calls), and the ops' self time summed (the kernels' work, each op's
   time minus the ops it calls);
-* dispatch overhead per layer = CPU time minus that op self time, divided by the layers: the
-  Python, argument parsing and dispatcher time between kernels. Work done outside the
-  dispatcher (a kernel called through ctypes) counts as overhead too, and the allocations and
-  checks inside an op count as its self time, so it is an estimate, not an exact split.
-
-A probe model follows the fp32 runs: SmolLM2's layers and heads with tiny matrices (head_dim 8),
-whose step time is almost all per-op overhead, measured without the noise of streaming weights.
+* dispatch overhead per layer: the CPU time per layer of a probe model with SmolLM2's layers
+  and heads but tiny matrices (head_dim 8, d_ff 32), built in the same dtype, whose matrix work
+  is negligible, so its step time is the Python, argument parsing, dispatcher and allocation
+  cost of the ops. (Wall time minus the profiler's op self times was tried first: the profiler
+  inflates self times by about as much as the overhead, so it came out near zero or negative.)
 
 Paths: ``forward`` is ``model(token, cache=..., last_only=True)`` (`Decoder.forward`);
-``fastdecode`` is ``headcount.models.fastpath.FastDecode.step`` when that class still exists.
+``fastdecode`` is ``headcount.models.fastpath.FastDecode.step`` when that class exists (before
+issue 11 a second copy of the layer math; since then an alias of `generation.Decoding`, whose
+step is the same forward).
 Per-layer numbers divide the whole step (embedding, final norm and logits included) by the layers.
 
 Run: ``.venv/bin/python benchmarks/decode_profile.py [--threads 1] [--steps 48] [--top 12]``
@@ -122,9 +122,13 @@ def main() -> None:
     for name in a.dtypes.split(","):
         dtype = getattr(torch, name)
         model = headcount.load("smollm2", dtype=dtype).eval()
-        _report(name, model, a)
-        if name == "float32":  # the same layers with tiny matrices: what is left is overhead
-            _report(f"{name} probe", _probe(model.config), a)
+        real = _report(name, model, a)
+        probe = _report(f"{name} probe", _probe(model.config).to(dtype), a)
+        for path, us in probe.items():
+            print(
+                f"=> {name} {path}: dispatch overhead {us:.0f} µs/layer (the probe's CPU time), "
+                f"{us / real[path]:.0%} of the real step's {real[path]:.0f} µs/layer\n"
+            )
         del model
 
 
@@ -140,23 +144,25 @@ def _probe(cfg: Any) -> Any:
     return Decoder(small).eval()
 
 
-def _report(name: str, model: Any, a: argparse.Namespace) -> None:
+def _report(name: str, model: Any, a: argparse.Namespace) -> dict[str, float]:
+    """Print one block per decode path; returns path -> CPU µs per layer."""
     L = model.config.n_layers
+    out = {}
     with torch.inference_mode():
         for path, step in _paths(model, PROMPT_T + a.steps + a.profiled + 16).items():
             r = _profile(step, a.steps, a.profiled, a.top)
-            over = r["cpu_us"] - r["op_us"]
+            out[path] = r["cpu_us"] / L
             print(
                 f"## {name} {path}: wall {r['wall_us'] / 1e3:.2f} ms/step, "
                 f"{r['wall_us'] / L:.0f} µs/layer; CPU {r['cpu_us'] / L:.0f} µs/layer; "
                 f"aten ops/layer {r['ops'] / L:.1f} (top-level {r['top_ops'] / L:.1f}); "
-                f"op self time {r['op_us'] / L:.0f} µs/layer; "
-                f"dispatch overhead {over / L:.0f} µs/layer ({over / r['cpu_us']:.0%} of CPU)"
+                f"op self time under the profiler {r['op_us'] / L:.0f} µs/layer"
             )
             print("   aten op                                  calls/step  self µs/step")
             for op, n, us in r["table"]:
                 print(f"   {op:<40} {n:>10.0f} {us:>13.0f}")
             print()
+    return out
 
 
 if __name__ == "__main__":
