@@ -24,20 +24,25 @@ gradient of the global step's loss; the step loss and rank 0's clock (for a budg
 every rank stops after the same step) are summed alongside. Gradient clipping and AdamW then run
 on the same numbers on every rank, so the replicas stay equal, as under DDP.
 
-Why a gradient all-reduce here and not `DistributedDataParallel` or FSDP2 ``fully_shard``: both
-were measured on this loop (benchmarks/distributed.py, BENCHMARKS.md "Several processes"). DDP
-wraps the model in a module that is no longer a `Decoder`/`Encoder`, and the losses call the
-model itself; its in-place form (``torch.distributed._composable.replicate``) works and costs the
-same per step, but it keeps its hooks and a new class on the model after training (which then
-cannot be deep-copied), and its all-reduce per backward needs every rank to run the same number
-of backward passes, which the uneven shares above (B < N, A not a multiple of N) do not give.
-``fully_shard`` also works on CPU with gloo (torch 2.13, equal weights) but was several times
-slower per step: it all-gathers every layer's weights in forward and again in backward, and gloo
-runs its reduce-scatter as N all-reduces; sharding memory buys nothing for models that fit one
-process, and the trained model would be left holding sharded DTensors that only collectives
-can read. The all-reduce here is the collective DDP runs (a ring all-reduce of every trainable
-gradient, P * 4 bytes in fp32, each rank sending 2 (N - 1) / N of it per step), issued once per
-optimizer step rather than once per accumulated batch, in buckets of at most `BUCKET` elements.
+Why a gradient all-reduce here and not `DistributedDataParallel` or FSDP2 ``fully_shard``: all
+three were run on the same step (``benchmarks/distributed.py --engines``, BENCHMARKS.md "Data-
+parallel uptraining") and reached the same weights; on this loaded 2-core machine their times
+per step varied more between runs than between engines, so the choice rests on what each does
+to this loop. DDP wraps the model in a module that is no longer a `Decoder`/`Encoder`, and the
+losses call the model itself; its in-place form (``torch.distributed._composable.replicate``)
+works, but it leaves a new class on the model after training (one that refuses ``deepcopy``) and
+its hooks on every later forward, and its all-reduce inside every backward needs every rank to
+run the same number of backward passes, which the uneven shares above (B < N, A not a multiple
+of N) do not give. ``fully_shard`` works on CPU with gloo in torch 2.13, but it moves more bytes
+(each layer's weights all-gathered in forward and again in backward, then a reduce-scatter:
+3 (N - 1) / N x P values per rank against an all-reduce's 2 (N - 1) / N x P) in many more
+collectives; sharding weights and AdamW state saves memory that models which fit one process do
+not need, and it would leave the trained model holding sharded DTensors that only collectives
+can read, while rank 0 alone evaluates and saves it. The all-reduce here is the collective DDP
+runs (a ring all-reduce of every trainable gradient, P x 4 bytes in fp32, each rank sending
+2 (N - 1) / N of it), issued once per optimizer step rather than once per accumulated batch, in
+buckets of at most `BUCKET` elements. The checkpoints are DCP (`headcount.distributed.checkpoint`)
+either way, so a sharded engine could replace this one without changing their format.
 """
 
 from __future__ import annotations
