@@ -130,8 +130,8 @@ def attention_loss(student: Decoder | Encoder, teacher: Decoder | Encoder, batch
     def grab(_m: torch.nn.Module, args: Any, kwargs: Any, out: Any) -> None:
         calls.append((args, kwargs, out[0] if isinstance(out, tuple) else out))
 
-    t_attn = [layer.attn for layer in teacher.layers]
-    s_attn = [layer.attn for layer in student.layers]
+    t_attn = teacher.attention_layers()
+    s_attn = student.attention_layers()
     if len(s_attn) != len(t_attn):
         raise ConfigError(
             f"attention distillation pairs layers: the student has {len(s_attn)}, "
