@@ -102,3 +102,22 @@ def test_torchrun_convert_uptrains_to_the_one_process_weights(
     assert len(losses[0]) == len(losses[1]) >= 4
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # checkpoints removed
+
+
+def test_torchrun_prune_recovers_on_every_rank_and_rank_0_writes(
+    decoder_dir: Path, tmp_path: Path
+) -> None:
+    """Recovery by minutes follows rank 0's clock, so both ranks stop after the same step (a
+    rank that stopped earlier would leave the other waiting until the timeout); the heads
+    removed are those one process removes."""
+    argv = ["prune", str(decoder_dir), "--fraction", "0.4", "--by", "random", "--seed", "1"]
+    argv += ["--tokens", "512", "--window", "32", "--eval-tokens", "64"]
+    done = torchrun(2, *argv, "--recover-minutes", "0.05", "-o", str(tmp_path / "two"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report: ") == 1 and done.stdout.count("recovery:") == 1
+    rec = json.loads((tmp_path / "two" / "report" / "prune.json").read_text())
+    assert rec["recovery"]["steps"] >= 1 and rec["meta"]["seed"] == 1
+    assert main([*argv, "-o", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "report" / "prune.json").read_text())
+    assert rec["heads_kept"] == one["heads_kept"]
+    assert load(tmp_path / "two").config.n_heads == load(tmp_path / "one").config.n_heads
