@@ -71,7 +71,7 @@ _COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 
 # With HEADCOUNT_PACKED_ACT=int8, Q4_0 / Q4_1 / Q8_0 GEMVs round each 32 input values to int8
 # (llama.cpp's scheme, int8 dot products: ~1.3x faster per block here). Off by default: it
-# raised SmolLM2's held-out perplexity by 1.0% (benchmarks/packed_perplexity.py), float32
+# raised SmolLM2's held-out perplexity by 1.43% (Hamlet 8x512, benchmarks/packed_perplexity.py), float32
 # activations by 0.000%.
 INT8_ACTIVATION_TYPES = frozenset({2, 3, 8})
 INT8_ACTIVATIONS = os.environ.get("HEADCOUNT_PACKED_ACT", "float").strip().lower() == "int8"
