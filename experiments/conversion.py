@@ -50,7 +50,7 @@ class Setup:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model = headcount.load(args.model)
+        self.model = headcount.load(args.model, dtype=torch.float32)
         self.decoder = isinstance(self.model, headcount.Decoder)
         tok = self.model.tokenizer
         train_plays = [p for p in plays("calibration") if p != args.eval_play]
@@ -320,7 +320,7 @@ def report(res: Results, model: str) -> None:
 
 def tradeoff(d: dict[str, Any], name: str, kvs: list[str], fmt: str) -> None:
     """One row per KV-head count: memory, parameters, quality before / after, decode speed."""
-    model = headcount.load(name)
+    model = headcount.load(name, dtype=torch.float32)
     speed = next((v for k, v in d.items() if k.startswith("speed/")), None)
     ctx = next((k.split("/")[1] for k in d if k.startswith("speed/")), "")
     H = sorted({a.n_heads for a in model.attention_layers()})

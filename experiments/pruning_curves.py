@@ -87,7 +87,7 @@ def main() -> int:
     res = Results(out)
     fractions = [float(f) for f in args.fractions.split(",")]
 
-    model = headcount.load(args.model)
+    model = headcount.load(args.model, dtype=torch.float32)
     tok = model.tokenizer
     decoder = isinstance(model, headcount.Decoder)
     t0 = time.perf_counter()

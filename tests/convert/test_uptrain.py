@@ -276,3 +276,28 @@ def test_attention_distillation_matches_a_hand_computed_loss_and_trains() -> Non
     uptrain(dstudent, ids, teacher=dteacher, loss="attention", tokens=10 * 32, window=16, lr=3e-3)
     with torch.no_grad():
         assert 0 < float(attention_loss(dstudent, dteacher, dbatch)) < d0
+
+
+def test_quantised_weights_in_the_trained_scope_are_refused(ids) -> None:
+    """Packed GGUF blocks and int8 weights are frozen buffers: training them is refused by name,
+    not silently skipped while the rest trains."""
+    from gguf import GGMLQuantizationType, quantize
+
+    from headcount.kernels.packed import PackedLinear, PackedWeight
+    from headcount.models.quant import quantize_int8
+
+    student, teacher = _student_teacher()
+    quantize_int8(student)
+    with pytest.raises(ConfigError, match=r"layers\.0\.attn\.qkv_proj holds int8"):
+        uptrain(student, ids, teacher=teacher, tokens=32, window=16)
+    student, teacher = _student_teacher()
+    mlp = student.layers[1].mlp.down  # (24, 32): K = 32, one Q4_1 block a row
+    rows = quantize(mlp.weight.detach().numpy(), GGMLQuantizationType.Q4_1)
+    student.layers[1].mlp.down = PackedLinear(
+        PackedWeight.from_gguf(rows, int(GGMLQuantizationType.Q4_1), 32)
+    )
+    with pytest.raises(ConfigError, match=r"layers\.1\.mlp\.down holds packed GGUF"):
+        uptrain(student, ids, teacher=teacher, tokens=32, window=16, params="all")
+    # attention-only training leaves the packed MLP alone and runs
+    res = uptrain(student, ids, teacher=teacher, tokens=32, window=16, params="attention")
+    assert res.steps >= 1

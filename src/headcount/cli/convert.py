@@ -318,6 +318,8 @@ class UptrainBar:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from headcount import Decoder, load
     from headcount.cli.analyze import Bars
     from headcount.cli.importance import encode_prefix, objective_for, read_text, text_name
@@ -374,7 +376,8 @@ def run(args: argparse.Namespace) -> int:
     eval_text = read_text(args, play=args.eval_play)
     if world.is_main:
         print(f"loading {args.model} ...", file=sys.stderr)
-    model = load(args.model)
+    # dense float32: training needs it, and the result is saved dequantised anyway
+    model = load(args.model, dtype=torch.float32)
     for path in model_sources(model):
         for folder in (out, ckpt.folder):
             check_apart(folder, path)

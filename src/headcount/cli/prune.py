@@ -217,6 +217,8 @@ class Quality:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from headcount import load
     from headcount.cli.analyze import Bars
     from headcount.cli.convert import on_main
@@ -240,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     eval_text = read_text(args, play=args.eval_play)
     if world.is_main:
         print(f"loading {args.model} ...", file=sys.stderr)
-    model = load(args.model)
+    # dense float32: training needs it, and the result is saved dequantised anyway
+    model = load(args.model, dtype=torch.float32)
     for source in (model.source, model.tokenizer.source if model.has_tokenizer else ""):
         if source:
             check_apart(out, source)

@@ -262,6 +262,7 @@ def train(
 
         parallel = DataParallel(world, model, data, loss, grad_accum, fingerprint)
         world.check_same("checkpoint to resume", str(found) if resume else None)
+    _check_dense(model, params)
     trainable = [
         p
         for n, p in model.named_parameters()
@@ -399,6 +400,24 @@ def _check(
         raise ConfigError(f"grad_accum must be a positive integer, got {grad_accum!r}")
     if not clip > 0:
         raise ConfigError(f"clip must be > 0, got {clip}")
+
+
+def _check_dense(model: Decoder | Encoder, params: str) -> None:
+    """Refuse to train a model whose weights in the trained scope are quantised (packed GGUF
+    blocks or int8: frozen buffers with no gradient), instead of silently training the rest."""
+    from headcount.kernels.packed import PackedWeight
+    from headcount.models.quant import Int8Weight
+
+    for name, mod in model.named_modules():
+        weight = getattr(mod, "weight", None)
+        if not isinstance(weight, (PackedWeight, Int8Weight)):
+            continue
+        if params == "all" or ".attn." in f".{name}.":
+            kind = "packed GGUF" if isinstance(weight, PackedWeight) else "int8"
+            raise ConfigError(
+                f"training needs dense weights, but {name} holds {kind} quantised weights (frozen); "
+                "load the model with dtype=torch.float32 (or bfloat16) to train it"
+            )
 
 
 def _loss(
