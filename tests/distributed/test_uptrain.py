@@ -1,7 +1,8 @@
 """Data-parallel training on 2 and 3 gloo processes equals one process on the same global batches
 (float64, so float rounding stays far below the tolerance); a sharded checkpoint written by 2
-processes resumes on 3 and on 1 to the weights of an uninterrupted run; a rank that dies mid-run
-fails the others with a clear error, and no process is left behind."""
+processes resumes on 3 and on 1, and a one-process checkpoint on 2, to the weights of an
+uninterrupted run; a rank that dies mid-run fails the others with a clear error, and no process
+is left behind."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
 
 
-def test_two_processes_resumed_on_three_and_on_one_equal_one_process(tmp_path: Path) -> None:
+def test_resumed_with_another_number_of_processes_equals_one_process(tmp_path: Path) -> None:
     ref, ref_res = one_process("decoder")
     # 2 ranks (batches of 3 rows: 2 and 1 each), interrupted after the checkpoint of step 3
     ckpt = tmp_path / "ckpt"
@@ -49,8 +50,9 @@ def test_two_processes_resumed_on_three_and_on_one_equal_one_process(tmp_path: P
         if step == 3:
             raise KeyboardInterrupt
 
+    single = tmp_path / "single"  # and its one-process checkpoint of step 3, resumed below
     with pytest.raises(KeyboardInterrupt):
-        train(student, teacher, data, progress=halt, **train_args("decoder"))  # type: ignore[arg-type]
+        train(student, teacher, data, progress=halt, checkpoint_dir=single, **train_args("decoder"))  # type: ignore[arg-type]
     assert_same_weights(two["state"], student.state_dict())
 
     # resumed on 3 ranks (one row of each batch per rank) and in one process
@@ -69,6 +71,14 @@ def test_two_processes_resumed_on_three_and_on_one_equal_one_process(tmp_path: P
     assert_same_weights(s1, ref)
     # one process wrote its own format and removed the sharded one it continued
     assert sorted(p.name for p in one_dir.iterdir()) == ["uptrain.pt"]
+    # and the other way: one process's uptrain.pt resumed on 2 ranks
+    out2 = tmp_path / "two-from-one"
+    out2.mkdir()
+    check_ok(run_ranks(2, "train", out2, "decoder", str(single), "resume", "0"))
+    got = torch.load(out2 / "rank1.pt")
+    assert got["resumed_from"] == 3
+    assert_same_weights(got["state"], ref)
+    assert sorted(p.name for p in single.iterdir()) == ["uptrain.dcp"]
 
 
 def test_whole_batches_per_rank_for_a_loss_over_the_whole_batch(tmp_path: Path) -> None:
