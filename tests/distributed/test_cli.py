@@ -100,7 +100,7 @@ def test_torchrun_convert_uptrains_to_the_one_process_weights(
         for d in ("two", "one")
     ]
     assert len(losses[0]) == len(losses[1]) >= 4
-    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)  # float32, other sum orders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # checkpoints removed
 
 
