@@ -34,14 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from headcount import kernels
 from headcount.errors import DTypeError, ShapeError
+from headcount.kernels.quantized import FLOAT_DTYPES, QuantizedWeight
 
 __all__ = ["PackedLinear", "PackedWeight", "dense_state_dict", "packed_linear"]
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES = FLOAT_DTYPES
 
 
 class _Scratch(threading.local):
@@ -72,7 +72,7 @@ def _dequant(blocks: Tensor, qtype: int, k: int, out: Tensor | None = None) -> T
     return out.copy_(dense.reshape(blocks.shape[0], k))
 
 
-class PackedWeight(Tensor):
+class PackedWeight(QuantizedWeight):
     """A float-looking ``(N, K)`` tensor stored as GGUF blocks (see the module docstring).
 
     ``segments``: ``(ggml type code, uint8 rows (n_i, K / block * bytes))`` with ``sum n_i = N``.
@@ -217,61 +217,8 @@ class PackedWeight(Tensor):
             f"{'+'.join(self.types)}, {self.nbytes_stored:,} bytes)"
         )
 
-    @classmethod
-    def __torch_function__(
-        cls,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x, w = args[0], args[1]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if isinstance(w, PackedWeight) and not isinstance(x, PackedWeight):
-                return packed_linear(x, w, bias)
-        elif func is F.embedding:
-            ids, w = args[0], args[1]
-            max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")
-            if (
-                isinstance(w, PackedWeight)
-                and not isinstance(ids, PackedWeight)
-                and max_norm is None
-            ):
-                return w.lookup(ids)  # padding_idx & co. only change gradients; w has none
-        elif func is Tensor.__repr__:
-            return args[0].__repr__()
-        elif func in _CONVERSIONS and isinstance(args[0], PackedWeight):
-            # dtype conversions (``model.to(torch.bfloat16)``) keep the weights packed
-            w = args[0]
-            probe = torch.empty(0, dtype=w.dtype, device=w.device)
-            probe = _CONVERSIONS[func](probe, *args[1:], **kwargs)
-            if probe.device == w.device and probe.dtype in _FLOAT_DTYPES:
-                return w.as_dtype(probe.dtype)
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
-
-    @classmethod
-    def __torch_dispatch__(  # type: ignore[override]
-        cls,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        def unwrap(t: Any) -> Any:
-            return t.dequantize() if isinstance(t, PackedWeight) else t
-
-        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
-
-
-_CONVERSIONS: dict[Callable[..., Any], Callable[..., Tensor]] = {
-    Tensor.to: Tensor.to,
-    Tensor.float: Tensor.float,
-    Tensor.bfloat16: Tensor.bfloat16,
-    Tensor.half: Tensor.half,
-}
+    def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        return packed_linear(x, self, bias)
 
 
 def packed_linear(x: Tensor, w: PackedWeight, bias: Tensor | None = None) -> Tensor:

@@ -20,15 +20,12 @@ Legend: N output features, K input features, M rows of the input (batch × posit
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from headcount.errors import DTypeError, ShapeError
+from headcount.kernels.quantized import FLOAT_DTYPES, QuantizedWeight
 from headcount.models import kernels
 
 __all__ = [
@@ -40,7 +37,7 @@ __all__ = [
     "quantize_weight_int8",
 ]
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES = FLOAT_DTYPES
 
 
 def quantize_weight_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,7 +97,7 @@ def int8_linear(x: Tensor, q: Tensor, scales: Tensor, bias: Tensor | None = None
 _INT8PACK_FAST = torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
-class Int8Weight(Tensor):
+class Int8Weight(QuantizedWeight):
     """A float-looking ``(N, K)`` tensor stored as int8 rows + per-row scales.
 
     ``F.linear(x, w)`` runs the int8 kernel and ``F.embedding(ids, w)`` dequantises only the
@@ -154,57 +151,14 @@ class Int8Weight(Tensor):
     def __repr__(self) -> str:  # type: ignore[override]
         return f"Int8Weight(shape={tuple(self.shape)}, dtype={self.dtype}, int8 per-row scales)"
 
-    @classmethod
-    def __torch_function__(
-        cls,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x, w = args[0], args[1]
-            bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if isinstance(w, Int8Weight) and not isinstance(x, Int8Weight):
-                return int8_linear(x, w.q, w.scales, bias)
-        elif func is F.embedding:
-            ids, w = args[0], args[1]
-            if isinstance(w, Int8Weight) and not isinstance(ids, Int8Weight):
-                rows = w.q[ids].to(torch.float32) * w.scales[ids][..., None]
-                return rows.to(w.dtype)
-        elif func is Tensor.__repr__:
-            return args[0].__repr__()
-        elif func in _CONVERSIONS and isinstance(args[0], Int8Weight):
-            # dtype conversions (``model.to(torch.bfloat16)``) keep the weights in int8
-            w = args[0]
-            probe = torch.empty(0, dtype=w.dtype, device=w.device)
-            probe = _CONVERSIONS[func](probe, *args[1:], **kwargs)
-            if probe.device == w.device and probe.dtype in _FLOAT_DTYPES:
-                return w if probe.dtype == w.dtype else Int8Weight(w.q, w.scales, probe.dtype)
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+    def as_dtype(self, dtype: torch.dtype) -> Int8Weight:
+        return Int8Weight(self.q, self.scales, dtype)
 
-    @classmethod
-    def __torch_dispatch__(  # type: ignore[override]
-        cls,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        def unwrap(t: Any) -> Any:
-            return t.dequantize() if isinstance(t, Int8Weight) else t
+    def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        return int8_linear(x, self.q, self.scales, bias)
 
-        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
-
-
-_CONVERSIONS: dict[Callable[..., Any], Callable[..., Tensor]] = {
-    Tensor.to: Tensor.to,
-    Tensor.float: Tensor.float,
-    Tensor.bfloat16: Tensor.bfloat16,
-    Tensor.half: Tensor.half,
-}
+    def lookup(self, ids: Tensor) -> Tensor:
+        return (self.q[ids].to(torch.float32) * self.scales[ids][..., None]).to(self.dtype)
 
 
 class Int8Linear(nn.Module):
