@@ -173,6 +173,11 @@ def test_files_added_while_the_report_is_written_are_kept(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------------ item 7
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(argv: list[str], pause: str, cwd: Path) -> subprocess.Popen[bytes]:
     """``headcount ARGV`` in a subprocess that stops at ``pause`` until a line on stdin."""
     env = {**os.environ, outputs.PAUSE_ENV: pause}
@@ -184,9 +189,10 @@ def start(argv: list[str], pause: str, cwd: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         env=env,
         cwd=cwd,
-        # Ctrl-C as in a terminal, also where this test runs with SIGINT ignored (a background
-        # job of a non-interactive shell), which Python would otherwise pass on to the child
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Ctrl-C and hang-ups as in a terminal, also where this test runs with SIGINT ignored (a
+        # background job of a non-interactive shell) or SIGHUP ignored (under nohup): ignored
+        # signals pass on to the child, and headcount rightly leaves an ignored signal ignored
+        preexec_fn=_default_signals,
     )
     assert proc.stderr is not None
     seen = []
