@@ -17,6 +17,7 @@ from headcount.models import Decoder, DecoderConfig, generation
 from headcount.models.generation import Decoding, stream_batch
 from headcount.models.quant import quantize_int8
 from headcount.nn import Attention
+from tests.models.tiny import tiny_gemma3
 
 
 def _tiny(tied: bool = True, bias: bool = False) -> Decoder:
@@ -78,31 +79,7 @@ def test_cached_decode_equals_full_forward(
 def test_sliding_window_layers_decode_on_the_same_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """A tiny Gemma 3 (per-head norms, (1 + w) norms, MQA, two sliding layers of window 6 with
     ring caches, one global layer): decoding past the window equals the full forward."""
-    from headcount.models.gemma3 import Gemma3Decoder
-
-    torch.manual_seed(0)
-    cfg = DecoderConfig(
-        vocab_size=50,
-        d_model=32,
-        n_layers=3,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=16,
-        d_ff=48,
-        max_len=64,
-        architecture="gemma3",
-        sliding_window=6,
-        layer_types=("sliding", "full", "sliding"),
-        rope_local_base=10000.0,
-        rope_base=1e6,
-        query_pre_attn_scalar=16.0,
-        tie_embeddings=True,
-    )
-    model = Gemma3Decoder(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
+    model = tiny_gemma3(6, ("sliding", "full", "sliding"))
     count = _CountSteps(monkeypatch)
     ids = torch.randint(0, 50, (20,)).tolist()
     got, full = _decode_vs_full(model, ids, 4)  # 16 steps, 10 of them past the window

@@ -12,37 +12,14 @@ import torch
 
 import headcount
 from headcount.convert import convert
-from headcount.models import DecoderConfig
 from headcount.models.gemma3 import Gemma3Decoder
 from headcount.prune import LanguageModeling, apply_mask, remove_heads, schedule
+from tests.models.tiny import tiny_gemma3
 
 
 @pytest.fixture(scope="module")
 def gemma() -> Gemma3Decoder:
-    torch.manual_seed(0)
-    cfg = DecoderConfig(
-        vocab_size=50,
-        d_model=32,
-        n_layers=3,
-        n_heads=4,
-        n_kv_heads=1,  # MQA, as Gemma 3 270M
-        head_dim=16,
-        d_ff=48,
-        max_len=64,
-        architecture="gemma3",
-        sliding_window=8,
-        layer_types=("sliding", "sliding", "full"),
-        rope_local_base=10000.0,
-        rope_base=1e6,
-        query_pre_attn_scalar=16.0,
-        tie_embeddings=True,
-    )
-    model = Gemma3Decoder(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return tiny_gemma3(8, ("sliding", "sliding", "full"))
 
 
 def test_mqa_conversion_to_its_own_count_is_exact(gemma: Gemma3Decoder) -> None:
