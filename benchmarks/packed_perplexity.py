@@ -9,10 +9,10 @@ Two paths are scored, because a packed model computes differently by input size:
   so each packed weight is dequantised (exactly as ``gguf.quants.dequantize``) and the float GEMM
   runs: this must equal the fp32 model up to float rounding;
 * **decode** (the same windows fed 8 tokens at a time through the KV cache, so every projection
-  runs the packed GEMV kernels, as generation does), with float32 activations
-  (``HEADCOUNT_PACKED_ACT=float``: the dequantised weights' exact products) and with int8
-  activations (the default for Q4_0/Q4_1/Q8_0, llama.cpp's scheme); the fp32 model is fed the
-  same 8-token chunks as the reference.
+  runs the packed GEMV kernels, as generation does), with the default int16 activations (Q4_1
+  regrouped as Q4_1x, csrc/q4x.cpp), float32 activations (``HEADCOUNT_PACKED_ACT=float``: the
+  dequantised weights' exact products) and int8 activations (``HEADCOUNT_PACKED_ACT=int8``,
+  llama.cpp's scheme); the fp32 model is fed the same 8-token chunks as the reference.
 
 Prints the perplexities and their relative differences; the goal is |packed / fp32 - 1| < 0.05%.
 """
@@ -55,11 +55,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dense = headcount.load("smollm2", dtype=torch.float32)
-    packed = headcount.load("smollm2")
+    packed = headcount.load("smollm2")  # the default: Q4_1 regrouped for int16 activations
+    kernels.ACTIVATIONS = "float"  # read at load: Q4_1 kept in the GGUF layout
+    packed_gguf = headcount.load("smollm2")
     assert isinstance(dense, headcount.Decoder) and isinstance(packed, headcount.Decoder)
+    assert isinstance(packed_gguf, headcount.Decoder)
+    layouts = [m.layers[0].mlp.down.weight.layouts[0] for m in (packed, packed_gguf)]
     text = headcount.corpus("shakespeare", play="hamlet")
     ids = dense.tokenizer.encode(text)[: args.windows * args.window]
-    print(f"kernels: {kernels.variant()}; {len(ids)} Hamlet tokens, windows of {args.window}")
+    print(
+        f"kernels: {kernels.variant()}; Q4_1 held as {layouts}; {len(ids)} Hamlet tokens, windows of {args.window}"
+    )
 
     rows = []
     for name, model in (("fp32 (dequantised)", dense), ("packed Q4_1", packed)):
@@ -67,12 +73,12 @@ def main() -> None:
         r = headcount.perplexity(model, ids, window=args.window, stride=args.window)
         rows.append((f"prefill: {name}", r.perplexity, time.perf_counter() - t0))
     for name, model, int8 in (
-        ("fp32 (dequantised)", dense, None),
-        ("packed Q4_1, float32 activations", packed, False),
-        ("packed Q4_1, int8 activations", packed, True),
+        ("fp32 (dequantised)", dense, False),
+        ("packed Q4_1, int16 activations (default)", packed, False),
+        ("packed Q4_1, float32 activations", packed_gguf, False),
+        ("packed Q4_1, int8 activations", packed_gguf, True),
     ):
-        if int8 is not None:
-            kernels.INT8_ACTIVATIONS = int8
+        kernels.INT8_ACTIVATIONS = int8
         t0 = time.perf_counter()
         nll = chunked_nll(model, ids, args.window, args.chunk)
         rows.append(

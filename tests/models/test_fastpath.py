@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch.profiler import profile
 
 import headcount
 from headcount.errors import ConfigError, ShapeError
@@ -195,26 +196,22 @@ def test_bfloat16_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
         ref = model(torch.tensor([[*prompt, 41, 42]])).logits[0, len(prompt) - 1 :]
     monkeypatch.setattr(generation, "_native_half", lambda: False)
     floats: list[int] = []
-    gemvs: list[int] = []
-    real_float, real_gemv = torch.Tensor.float, kernels.gemv
+    real_float = torch.Tensor.float
 
     def spy_float(t: torch.Tensor) -> torch.Tensor:
         floats.append(t.numel())
         return real_float(t)
 
-    def spy_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        gemvs.append(x.shape[0])
-        return real_gemv(x, w)
-
-    monkeypatch.setattr(kernels, "gemv", spy_gemv)
     with torch.inference_mode():
         run = Decoding(model)
         monkeypatch.setattr(torch.Tensor, "float", spy_float)
         got = [run.prefill(prompt)]
         monkeypatch.setattr(torch.Tensor, "float", real_float)
-        got += [run.step(41), run.step(42)]
+        with profile() as prof:
+            got += [run.step(41), run.step(42)]
     assert floats  # the float32 GEMM path ran for the prompt
-    assert bool(gemvs) == kernels.available()
+    gemv = {e.key for e in prof.key_averages()} & {"headcount::gemv"}
+    assert bool(gemv) == kernels.available()  # decode steps: the GEMV kernel
     out = torch.cat(got)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.03)
@@ -228,7 +225,11 @@ def test_smollm2_decode_equals_forward_and_batches(smollm2: headcount.Decoder) -
         smollm2(torch.tensor([prompt[:-8]]), cache=cache)
         steps = [smollm2(torch.tensor([[t]]), cache=cache).logits[0] for t in prompt[-8:]]
         full = smollm2(torch.tensor([prompt])).logits[0, -8:]
-    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=2e-4)
+    # steps: packed GEMVs, whose Q4_1 weights take int16-rounded inputs (csrc/q4x.cpp); the full
+    # forward: dequantised weights and the float GEMM. They differ by that rounding (~0.01 of
+    # logits up to ~30), and rank the tokens the same
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-3, atol=5e-2)
+    assert torch.equal(torch.cat(steps).argmax(-1), full.argmax(-1))
     texts = [
         "To be, or not to be, that is the question:",
         "The capital of France is",

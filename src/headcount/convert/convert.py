@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from headcount.convert import fit as F
 from headcount.errors import ConfigError
 from headcount.models import Decoder, Encoder
-from headcount.nn import Attention
+from headcount.nn import Attention, Linear
 from headcount.prune.objectives import windows
 
 Method = Literal["mean", "first", "random", "fit"]
@@ -249,7 +249,7 @@ def _convert_layer(
             Av2 = _random(torch.stack(Av), G2, gen)
     A = torch.cat([*Aq, *Ak2, *Av2], dim=1)  # (C1, (H + 2 G2) D)
     dtype, device = W.dtype, W.device
-    qkv = nn.Linear(old.d_model, A.shape[1], bias=b is not None, device=device, dtype=dtype)
+    qkv = Linear(old.d_model, A.shape[1], bias=b is not None, device=device, dtype=dtype)
     with torch.no_grad():
         qkv.weight.copy_(A[:-1].T)
         if qkv.bias is not None:

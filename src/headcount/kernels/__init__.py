@@ -38,8 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from headcount.errors import ConfigError
+
 __all__ = [
     "MAX_ROWS",
+    "Q4_1X",
     "QTYPES",
     "available",
     "build_dir",
@@ -52,6 +55,12 @@ __all__ = [
     "variant",
 ]
 
+# headcount's own layout: Q4_1 blocks regrouped for int16 dot products (csrc/q4x.cpp). GGUF Q4_1
+# weights are kept this way when the kernels are available, unless HEADCOUNT_PACKED_ACT says float
+# or int8 (the exact float32 products, or llama.cpp's int8 scheme, on the GGUF layout).
+Q4_1X = 1003
+GGUF_TYPE = {Q4_1X: 3}  # the GGUF type a headcount layout holds the values of
+
 MAX_ROWS = 8  # inputs with more rows (prefill) are better served by a GEMM on dense weights
 # ggml type code -> (name, values per block, bytes per block) of the packed formats
 QTYPES: dict[int, tuple[str, int, int]] = {
@@ -62,19 +71,27 @@ QTYPES: dict[int, tuple[str, int, int]] = {
     8: ("Q8_0", 32, 34),
     12: ("Q4_K", 256, 144),
     14: ("Q6_K", 256, 210),
+    Q4_1X: ("Q4_1x", 32, 20),
 }
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("ops.cpp", "gemv.cpp", "quant_gemv.cpp")
+SOURCES = ("ops.cpp", "gemv.cpp", "quant_gemv.cpp", "q4x.cpp")
 HEADERS = ("kernels.h", "simd.h")
 _COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 
-# With HEADCOUNT_PACKED_ACT=int8, Q4_0 / Q4_1 / Q8_0 GEMVs round each 32 input values to int8
-# (llama.cpp's scheme, int8 dot products: ~1.3x faster per block here). Off by default: it
-# raised SmolLM2's held-out perplexity by 1.43% (Hamlet 8x512, benchmarks/packed_perplexity.py), float32
-# activations by 0.000%.
+# How a packed GEMV treats its input (HEADCOUNT_PACKED_ACT, read when weights are loaded):
+# - "int16" (default): GGUF Q4_1 weights are regrouped into Q4_1X and each 32 input values are
+#   rounded to int16 (integer dot products, about 3x fewer instructions per block than decoding
+#   to float; relative error <= 2^-16 of a block's largest input); other types take "float";
+# - "float": every type decodes blocks to float32 and sums the dequantised weights' exact products;
+# - "int8": Q4_0 / Q4_1 / Q8_0 round each 32 inputs to int8 (llama.cpp's scheme): it raised
+#   SmolLM2's held-out perplexity by 1.43% (Hamlet 8x512, benchmarks/packed_perplexity.py).
+PACKED_ACTIVATIONS = ("int16", "float", "int8")
 INT8_ACTIVATION_TYPES = frozenset({2, 3, 8})
-INT8_ACTIVATIONS = os.environ.get("HEADCOUNT_PACKED_ACT", "float").strip().lower() == "int8"
+
+
+ACTIVATIONS = os.environ.get("HEADCOUNT_PACKED_ACT", "int16").strip().lower() or "int16"
+INT8_ACTIVATIONS = ACTIVATIONS == "int8"
 
 _variant: str | None = None
 _reason: str | None = None
@@ -317,3 +334,17 @@ def dequantize_packed(blocks: Tensor, qtype: int, k: int, out: Tensor | None = N
         out = torch.empty(blocks.shape[0], k, dtype=torch.float32)
     torch.ops.headcount.dequant_q(blocks, qtype, k, out)
     return out
+
+
+def kernel_layout(blocks: Tensor, qtype: int, k: int) -> tuple[int, Tensor]:
+    """``(qtype, blocks)`` as the loaded kernels read them best: GGUF Q4_1 rows regrouped into
+    `Q4_1X` (the same bytes, see ``csrc/q4x.cpp``) when `ACTIVATIONS` is ``"int16"``; anything
+    else as given."""
+    if ACTIVATIONS not in PACKED_ACTIVATIONS:
+        raise ConfigError(
+            f"HEADCOUNT_PACKED_ACT={ACTIVATIONS!r} is not one of {', '.join(PACKED_ACTIVATIONS)}"
+        )
+    if qtype == 3 and ACTIVATIONS == "int16" and available():
+        _check_packed(blocks, qtype, k)
+        return Q4_1X, torch.ops.headcount.q4x_from_q4_1(blocks, k)
+    return qtype, blocks

@@ -124,8 +124,13 @@ class PackedWeight(QuantizedWeight):
 
     @classmethod
     def from_gguf(cls, rows: np.ndarray, qtype: int, k: int) -> PackedWeight:
-        """A GGUF tensor's blocks, ``rows (N, row bytes)`` uint8 (copied into memory torch owns)."""
-        return cls([(qtype, torch.from_numpy(np.array(rows, dtype=np.uint8, copy=True)))], k)
+        """A GGUF tensor's blocks, ``rows (N, row bytes)`` uint8 (copied into memory torch owns),
+        in the layout the kernels read best (`headcount.kernels.kernel_layout`: Q4_1 rows are
+        regrouped for int16 dot products unless ``HEADCOUNT_PACKED_ACT`` says otherwise)."""
+        blocks = torch.from_numpy(np.array(rows, dtype=np.uint8, copy=True))
+        if blocks.ndim == 2 and qtype in kernels.QTYPES:
+            qtype, blocks = kernels.kernel_layout(blocks, qtype, k)
+        return cls([(qtype, blocks)], k)
 
     def take_rows(self, index: Tensor) -> PackedWeight:
         """The rows ``index`` (a permutation or selection of ``0..N-1``) as a new `PackedWeight`."""
@@ -203,7 +208,13 @@ class PackedWeight(QuantizedWeight):
 
     @property
     def types(self) -> tuple[str, ...]:
-        """The GGUF type name of each segment, e.g. ``("Q4_1",)``."""
+        """The GGUF type name of each segment, e.g. ``("Q4_1",)`` (also for Q4_1 blocks held
+        in the kernels' own layout, `layouts`)."""
+        return tuple(kernels.QTYPES[kernels.GGUF_TYPE.get(q, q)][0] for q, _ in self.segments)
+
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """How each segment is held: the GGUF type's name or a kernel layout's (``"Q4_1x"``)."""
         return tuple(kernels.QTYPES[q][0] for q, _ in self.segments)
 
     @property
@@ -214,7 +225,7 @@ class PackedWeight(QuantizedWeight):
     def __repr__(self) -> str:  # type: ignore[override]
         return (
             f"PackedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, "
-            f"{'+'.join(self.types)}, {self.nbytes_stored:,} bytes)"
+            f"{'+'.join(self.layouts)}, {self.nbytes_stored:,} bytes)"
         )
 
     def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:

@@ -17,7 +17,7 @@ from headcount.errors import ShapeError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
-from headcount.nn import Attention, RMSNorm, RoPE, key_padding_mask
+from headcount.nn import Attention, Linear, RMSNorm, RoPE, key_padding_mask, linear
 
 
 @dataclass
@@ -31,8 +31,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, device: Any = None) -> None:
         super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False, device=device)  # rows [gate | up]
-        self.down = nn.Linear(d_ff, d_model, bias=False, device=device)
+        self.gate_up = Linear(d_model, 2 * d_ff, bias=False, device=device)  # rows [gate | up]
+        self.down = Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
@@ -112,7 +112,7 @@ class Decoder(TextModel):
         self.lm_head = (
             None
             if config.tie_embeddings
-            else nn.Linear(C, config.vocab_size, bias=False, device=device)
+            else Linear(C, config.vocab_size, bias=False, device=device)
         )
 
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
@@ -161,7 +161,7 @@ class Decoder(TextModel):
                 attentions.append(w)
         if last_only:
             x = x[:, -1:]
-        logits = F.linear(self.norm(x), self.output_weight)  # (B, T, V)
+        logits = linear(self.norm(x), self.output_weight)  # (B, T, V)
         return DecoderOutput(logits, tuple(attentions) if return_weights else None)
 
     # ----------------------------------------------------------------------------- generation

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from headcount.errors import ShapeError
 from headcount.loaders.config import EncoderConfig
 from headcount.models.base import TextModel
-from headcount.nn import Attention, key_padding_mask
+from headcount.nn import Attention, Linear, key_padding_mask
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -57,8 +57,8 @@ class Embeddings(nn.Module):
 class EncoderMLP(nn.Module):
     def __init__(self, cfg: EncoderConfig, device: Any = None) -> None:
         super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, device=device)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, device=device)
+        self.up = Linear(cfg.d_model, cfg.d_ff, device=device)
+        self.down = Linear(cfg.d_ff, cfg.d_model, device=device)
         self.act = _ACTIVATIONS[cfg.activation]
 
     def forward(self, x: Tensor) -> Tensor:

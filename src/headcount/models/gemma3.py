@@ -29,7 +29,7 @@ from headcount.errors import ConfigError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.decoder import Decoder, DecoderLayer
-from headcount.nn import Attention, RoPE, rms_normalize
+from headcount.nn import Attention, Linear, RoPE, rms_normalize
 
 
 class GemmaRMSNorm(nn.Module):
@@ -54,8 +54,8 @@ class GeGLU(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, device: Any = None) -> None:
         super().__init__()
-        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False, device=device)  # rows [gate | up]
-        self.down = nn.Linear(d_ff, d_model, bias=False, device=device)
+        self.gate_up = Linear(d_model, 2 * d_ff, bias=False, device=device)  # rows [gate | up]
+        self.down = Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
@@ -121,7 +121,7 @@ class Gemma3Decoder(Decoder):
         self.lm_head = (
             None
             if config.tie_embeddings
-            else nn.Linear(C, config.vocab_size, bias=False, device=device)
+            else Linear(C, config.vocab_size, bias=False, device=device)
         )
 
     def embed_tokens(self, input_ids: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from headcount.errors import ConfigError, DTypeError, ShapeError
 from headcount.nn.functional import causal_mask, eager_attention, sdpa_attention
 from headcount.nn.kv_cache import KVCache
+from headcount.nn.linear import Linear
 from headcount.nn.rope import RoPE
 
 Backend = Literal["auto", "sdpa", "eager"]
@@ -134,8 +135,8 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         H, G, D = n_heads, n_kv_heads, head_dim
         kw = {"device": device, "dtype": dtype}
-        self.qkv_proj = nn.Linear(d_model, (H + 2 * G) * D, bias=bias, **kw)
-        self.o_proj = nn.Linear(H * D, d_model, bias=bias if o_bias is None else o_bias, **kw)
+        self.qkv_proj = Linear(d_model, (H + 2 * G) * D, bias=bias, **kw)
+        self.o_proj = Linear(H * D, d_model, bias=bias if o_bias is None else o_bias, **kw)
         self.rope = rope
         self.q_norm, self.k_norm = q_norm, k_norm
         self.register_buffer("head_gate", None, persistent=False)

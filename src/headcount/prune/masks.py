@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from headcount.errors import ConfigError
 from headcount.models import Decoder, Encoder
-from headcount.nn import Attention
+from headcount.nn import Attention, Linear
 
 KeepMask = list[Tensor]  # one bool (H_l,) per layer
 Unit = Literal["head", "group"]
@@ -174,13 +174,13 @@ def _rows(attn: Attention, keep: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([q, k, v]), q
 
 
-def _sliced_linear(lin: nn.Linear, rows: Tensor | None, cols: Tensor | None) -> nn.Linear:
+def _sliced_linear(lin: nn.Linear, rows: Tensor | None, cols: Tensor | None) -> Linear:
     w = lin.weight.detach()
     if rows is not None:
         w = w[rows.to(w.device)]
     if cols is not None:
         w = w[:, cols.to(w.device)]
-    out = nn.Linear(
+    out = Linear(
         w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype
     )
     with torch.no_grad():

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -91,10 +92,29 @@ Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     const float *xp = xf.data_ptr<float>();
     const uint8_t *wp = w.data_ptr<uint8_t>();
     float *yp = y.data_ptr<float>();
+    if (qtype == hc::Q4_1X) {  // the input rounded to int16 once, before the row split
+        const void *prepared = hc::q4x_prepare(xp, M, K);
+        at::parallel_for(0, N, grain(K / 4), [&](int64_t n0, int64_t n1) {
+            hc::gemv_q4x(prepared, M, K, wp, yp, N, n0, n1);
+        });
+        return y;
+    }
     at::parallel_for(0, N, grain(K / 4), [&](int64_t n0, int64_t n1) {
         hc::gemv_q(qtype, xp, M, K, wp, yp, N, n0, n1);
     });
     return y;
+}
+
+// GGUF Q4_1 rows -> the same rows regrouped as Q4_1x (q4x.cpp)
+Tensor q4x_from_q4_1(const Tensor &w, int64_t K) {
+    check_packed(w, hc::Q4_1, K);
+    Tensor out = at::empty_like(w);
+    const uint8_t *wp = w.data_ptr<uint8_t>();
+    uint8_t *op = out.data_ptr<uint8_t>();
+    at::parallel_for(0, w.size(0), grain(K), [&](int64_t n0, int64_t n1) {
+        hc::q4x_from_q4_1(wp, K, op, n0, n1);
+    });
+    return out;
 }
 
 // int8 activations: x rounded per 32 values (once, before the row split), then int8 dot products
@@ -139,6 +159,7 @@ Tensor gemv_q_meta(const Tensor &x, const Tensor &w, int64_t, int64_t) {
     return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
 }
 void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
+Tensor q4x_from_q4_1_meta(const Tensor &w, int64_t) { return at::empty_like(w); }
 
 }  // namespace
 
@@ -147,6 +168,7 @@ TORCH_LIBRARY(headcount, m) {
     m.def("gemv_q(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("gemv_q8a(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
+    m.def("q4x_from_q4_1(Tensor w, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(headcount, CPU, m) {
@@ -154,6 +176,7 @@ TORCH_LIBRARY_IMPL(headcount, CPU, m) {
     m.impl("gemv_q", &gemv_q);
     m.impl("gemv_q8a", &gemv_q8a);
     m.impl("dequant_q", &dequant_q);
+    m.impl("q4x_from_q4_1", &q4x_from_q4_1);
 }
 
 TORCH_LIBRARY_IMPL(headcount, Meta, m) {
@@ -161,4 +184,5 @@ TORCH_LIBRARY_IMPL(headcount, Meta, m) {
     m.impl("gemv_q", &gemv_q_meta);
     m.impl("gemv_q8a", &gemv_q_meta);
     m.impl("dequant_q", &dequant_q_meta);
+    m.impl("q4x_from_q4_1", &q4x_from_q4_1_meta);
 }
