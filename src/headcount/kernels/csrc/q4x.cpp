@@ -67,8 +67,7 @@ void prepare(const float *x, int64_t M, int64_t K, Prepared &p) {
 }
 
 #ifdef __AVX512F__
-static inline __m512 lane_scales(const uint8_t *dm) {  // d[4] m[4] fp16 -> d of lane l / 4
-    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm));
+static inline __m512 lane_scales(__m256 f) {  // d[4] m[4] as floats -> d of lane l / 4
     const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(f));
 }
@@ -81,17 +80,34 @@ static inline __m512i dot16(__m512i acc, __m512i a, const int16_t *x) {
 #endif
 }
 
-// sum over the group of q * xq per lane (int32), for M input rows; w: 64 bytes of words
+// a group's 32 words and its d[4] m[4] as floats; a short group's (r blocks) by masked loads
+struct Words {
+    __m512i v;
+};
+static inline Words load_words(const uint8_t *w) { return {_mm512_loadu_si512((const void *)w)}; }
+static inline __m256 load_dm(const uint8_t *dm) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm));
+}
+static inline Words load_words_short(const uint8_t *w, int64_t r) {
+    return {_mm512_maskz_loadu_epi16((__mmask32)((1u << (8 * r)) - 1), w)};
+}
+static inline __m256 load_dm_short(const uint8_t *dm, int64_t r) {  // d[r] m[r] -> d[4] m[4]
+    const __mmask8 k = (__mmask8)((1u << r) - 1);
+    const __m128i d = _mm_maskz_loadu_epi16(k, dm), m = _mm_maskz_loadu_epi16(k, dm + 2 * r);
+    return _mm256_cvtph_ps(_mm_unpacklo_epi64(d, m));
+}
+
+// sum over the group of q * xq per lane (int32), scaled per block, for M input rows
 template <int M>
-static inline void group_dot(const uint8_t *w, const uint8_t *dm, const Prepared &p, int64_t g,
-                             __m512 *acc, __m128 *macc) {
-    const __m512i W = _mm512_loadu_si512((const void *)w), lo4 = _mm512_set1_epi16(0x0F);
+static inline void group_dot(Words w, __m256 f, const Prepared &p, int64_t g, __m512 *acc,
+                             __m128 *macc) {
+    const __m512i W = w.v, lo4 = _mm512_set1_epi16(0x0F);
     const __m512i a0 = _mm512_and_si512(W, lo4);
     const __m512i a1 = _mm512_and_si512(_mm512_srli_epi16(W, 4), lo4);
     const __m512i a2 = _mm512_and_si512(_mm512_srli_epi16(W, 8), lo4);
     const __m512i a3 = _mm512_srli_epi16(W, 12);
-    const __m512 d = lane_scales(dm);
-    const __m128 mv = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(dm + 8)));
+    const __m512 d = lane_scales(f);
+    const __m128 mv = _mm256_extractf128_ps(f, 1);
     for (int m = 0; m < M; m++) {
         const int64_t at = m * p.groups + g;
         const int16_t *X = p.xq.data() + at * 128;
@@ -119,17 +135,36 @@ static inline Acc acc_zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}
 static inline __m256i dot16(__m256i acc, __m256i a, const int16_t *x) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, _mm256_loadu_si256((const __m256i *)x)));
 }
+struct Words {
+    __m256i v[2];
+};
+static inline Words load_words(const uint8_t *w) {
+    return {{_mm256_loadu_si256((const __m256i *)w), _mm256_loadu_si256((const __m256i *)(w + 32))}};
+}
+static inline __m256 load_dm(const uint8_t *dm) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm));
+}
+static inline Words load_words_short(const uint8_t *w, int64_t r) {  // 16r bytes, zeros after
+    alignas(32) uint8_t buf[64] = {0};
+    memcpy(buf, w, 16 * r);
+    return load_words(buf);
+}
+static inline __m256 load_dm_short(const uint8_t *dm, int64_t r) {  // d[r] m[r] -> d[4] m[4]
+    alignas(16) uint8_t buf[16] = {0};
+    memcpy(buf, dm, 2 * r);
+    memcpy(buf + 8, dm + 2 * r, 2 * r);
+    return load_dm(buf);
+}
 template <int M>
-static inline void group_dot(const uint8_t *w, const uint8_t *dm, const Prepared &p, int64_t g,
-                             Acc *acc, __m128 *macc) {
+static inline void group_dot(Words w, __m256 f, const Prepared &p, int64_t g, Acc *acc,
+                             __m128 *macc) {
     const __m256i lo4 = _mm256_set1_epi16(0x0F);
-    const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dm));
     const __m256 d01 = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
     const __m256 d23 = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3));
     const __m128 mv = _mm256_extractf128_ps(f, 1);
     __m256i a[2][4];
     for (int h = 0; h < 2; h++) {
-        const __m256i W = _mm256_loadu_si256((const __m256i *)(w + 32 * h));
+        const __m256i W = w.v[h];
         a[h][0] = _mm256_and_si256(W, lo4);
         a[h][1] = _mm256_and_si256(_mm256_srli_epi16(W, 4), lo4);
         a[h][2] = _mm256_and_si256(_mm256_srli_epi16(W, 8), lo4);
@@ -165,7 +200,6 @@ template <int M>
 void rows_q4x(const Prepared &p, int64_t K, const uint8_t *w, float *y, int64_t N, int64_t n0,
               int64_t n1) {
     const int64_t nb = K / 32, full = nb / 4, r = nb % 4, row_bytes = nb * 20;
-    alignas(64) uint8_t tail[GROUP_BYTES];
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *wr = w + n * row_bytes;
         Acc acc[M];
@@ -173,15 +207,12 @@ void rows_q4x(const Prepared &p, int64_t K, const uint8_t *w, float *y, int64_t 
         for (int m = 0; m < M; m++) acc[m] = acc_zero(), macc[m] = _mm_setzero_ps();
         for (int64_t g = 0; g < full; g++) {
             _mm_prefetch((const char *)(wr + GROUP_BYTES * g) + PREFETCH, _MM_HINT_T0);
-            group_dot<M>(wr + GROUP_BYTES * g, wr + GROUP_BYTES * g + 64, p, g, acc, macc);
+            const uint8_t *at = wr + GROUP_BYTES * g;
+            group_dot<M>(load_words(at), load_dm(at + 64), p, g, acc, macc);
         }
-        if (r) {  // a short group: its words, d and m copied into a zeroed full-size group
+        if (r) {  // a short group: zeros past its r blocks (the prepared input is 0 there too)
             const uint8_t *t = wr + GROUP_BYTES * full;
-            memset(tail, 0, sizeof tail);
-            memcpy(tail, t, 16 * r);
-            memcpy(tail + 64, t + 16 * r, 2 * r);
-            memcpy(tail + 72, t + 18 * r, 2 * r);
-            group_dot<M>(tail, tail + 64, p, full, acc, macc);
+            group_dot<M>(load_words_short(t, r), load_dm_short(t + 16 * r, r), p, full, acc, macc);
         }
         for (int m = 0; m < M; m++) y[m * N + n] = finish(acc[m], macc[m]);
     }
