@@ -1,6 +1,7 @@
 """Per-op profile of one batch-1 decode step of SmolLM2: aten ops, µs and dispatch overhead per layer.
 
-For each dtype (fp32, bf16; the model loaded with ``headcount.load("smollm2", dtype=...)``) and
+For each dtype (fp32, bf16; the model loaded with ``headcount.load("smollm2", dtype=...)``; and
+``packed``, ``headcount.load("smollm2")``, the file's own quantised blocks) and
 each decode path it finds, a 64-token prompt fills the cache, then:
 
 * time: the median of ``--steps`` unprofiled greedy steps (µs per step and per layer), as wall
@@ -115,13 +116,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=48, help="timed steps (median)")
     ap.add_argument("--profiled", type=int, default=8, help="steps under the profiler")
     ap.add_argument("--top", type=int, default=10, help="aten ops listed per run")
-    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument(
+        "--dtypes", default="float32,bfloat16,packed", help="'packed': the GGUF's own blocks"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, prompt {PROMPT_T} tokens, batch 1\n")
     for name in a.dtypes.split(","):
-        dtype = getattr(torch, name)
-        model = headcount.load("smollm2", dtype=dtype).eval()
+        if name == "packed":  # the file's own blocks (Q4_1 as Q4_1x, Q8_0), float32 activations
+            dtype, model = torch.float32, headcount.load("smollm2").eval()
+        else:
+            dtype = getattr(torch, name)
+            model = headcount.load("smollm2", dtype=dtype).eval()
         real = _report(name, model, a)
         probe = _report(f"{name} probe", _probe(model.config).to(dtype), a)
         for path, us in probe.items():

@@ -94,26 +94,40 @@ SHAPES = {
 
 def packed_kernels(reps: int) -> list[dict[str, Any]]:
     """The packed GEMVs on SmolLM2's own weights: every layer's matrix once per round (30
-    different matrices, so they come from DRAM), float32 and int8 activations; GB/s of blocks."""
+    different matrices, fitting the 96 MB model in a large L3 or not), with the default int16
+    activations on Q4_1 regrouped as Q4_1x, float32 activations and int8 ones on the GGUF
+    layout; GB/s of blocks."""
     if not hck.available():
         return []
-    model = headcount.load("smollm2")
-    mats: dict[str, list[PackedWeight]] = {
-        "qkv 960x576": [lay.attn.qkv_proj.weight for lay in model.layers],
-        "o 576x576": [lay.attn.o_proj.weight for lay in model.layers],
-        "gate+up 3072x576": [lay.mlp.gate_up.weight for lay in model.layers],
-        "down 576x1536": [lay.mlp.down.weight for lay in model.layers],
-        "lm_head 49152x576": [model.embed.weight],
-    }
+    default = hck.ACTIVATIONS
+    models = {}
+    for act in ("int16", "float"):  # read at load: Q4_1x (int16) or the GGUF layout (float)
+        hck.ACTIVATIONS = act
+        models[act] = headcount.load("smollm2")
+    hck.ACTIVATIONS = default
+
+    def mats(model: Any) -> dict[str, list[PackedWeight]]:
+        return {
+            "qkv 960x576": [lay.attn.qkv_proj.weight for lay in model.layers],
+            "o 576x576": [lay.attn.o_proj.weight for lay in model.layers],
+            "gate+up 3072x576": [lay.mlp.gate_up.weight for lay in model.layers],
+            "down 576x1536": [lay.mlp.down.weight for lay in model.layers],
+            "lm_head 49152x576": [model.embed.weight],
+        }
+
     rows = []
-    for name, ws in mats.items():
+    gguf_mats, x16_mats = mats(models["float"]), mats(models["int16"])
+    for name, ws in gguf_mats.items():
         K = ws[0].shape[1]
         x = torch.randn(1, K)
-        segs = [w.segments[0] for w in ws]
         fns = {}
-        for act in ("fp32", "int8"):
-            op = hck.packed_op(segs[0][0], act == "int8")
-            fns[f"headcount packed {'+'.join(ws[0].types)} ({act} act)"] = (
+        variants = [("fp32", ws, False), ("int8", ws, True)]
+        if x16_mats[name][0].layouts != ws[0].layouts:
+            variants.insert(0, ("int16", x16_mats[name], False))
+        for act, wl, int8 in variants:
+            segs = [w.segments[0] for w in wl]
+            op = hck.packed_op(segs[0][0], int8)
+            fns[f"headcount packed {'+'.join(wl[0].layouts)} ({act} act)"] = (
                 lambda op=op, segs=segs, K=K, x=x: [op(x, b, q, K) for q, b in segs]
             )
         ms = median_ms(fns, reps)

@@ -267,3 +267,17 @@ def test_ops_trace_under_torch_compile_and_show_in_the_profiler() -> None:
     with profile() as prof:
         f(x)
     assert "headcount::gemv_q" in {e.key for e in prof.key_averages()}
+
+
+def test_packed_linear_copies_and_moves_hold_one_set_of_blocks() -> None:
+    """The decode shortcut of a `PackedLinear` (plain attributes, no Module.__getattr__) reads
+    the weight's own blocks after ``deepcopy`` and ``.to(dtype)``, never a second copy."""
+    rows, qtype, k = _random("Q4_1", n=16, k=64)
+    lin = PackedLinear(PackedWeight.from_gguf(rows, qtype, k), torch.randn(16))
+    x = torch.randn(1, 64)
+    for other in (copy.deepcopy(lin), copy.deepcopy(lin).to(torch.bfloat16)):
+        assert other._fast is not None and other._fast[1] is other.weight.segments[0][1]
+        assert other._fast[1].data_ptr() != lin.weight.segments[0][1].data_ptr()
+        with torch.inference_mode():
+            y = other(x.to(other.weight.dtype))
+            torch.testing.assert_close(y.float(), lin(x), rtol=2e-2, atol=2e-2)

@@ -26,6 +26,7 @@ Legend: N output features, K input features, M input rows (batch × positions).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -169,7 +170,10 @@ class PackedWeight(QuantizedWeight):
         return self if dtype == self.dtype else PackedWeight(self.segments, self.k, dtype)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PackedWeight:
-        new = PackedWeight([(q, b.clone()) for q, b in self.segments], self.k, self.dtype)
+        # blocks through the memo: a PackedLinear's decode shortcut holds the same tensors
+        new = PackedWeight(
+            [(q, copy.deepcopy(b, memo)) for q, b in self.segments], self.k, self.dtype
+        )
         memo[id(self)] = new
         return new
 
@@ -273,28 +277,37 @@ class PackedLinear(nn.Module):
         # in state_dict (`dense_state_dict` gives the dequantised weights)
         self.register_buffer("weight", weight, persistent=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
-        self._one = len(weight.segments) == 1
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # what the decode path needs, in plain attributes: a registered buffer or parameter is
+        # found through nn.Module.__getattr__, and a wrapper tensor's .shape through
+        # __torch_function__: microseconds a call, 4 calls a layer
+        w = self.weight
+        one = len(w.segments) == 1
+        self._fast = (*w.segments[0], w.k, w.shape[0]) if one else None
+        self._has_bias = self.bias is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
-        K = w.k
+        fast = self._fast  # (ggml type, blocks, K, N) of a one-segment weight
         if (
-            self._one
-            and x.numel() <= kernels.MAX_ROWS * K
+            fast is not None
+            and x.numel() <= kernels.MAX_ROWS * fast[2]
             and not (x.requires_grad and torch.is_grad_enabled())
             and kernels.available()
         ):
-            qtype, blocks = w.segments[0]
+            qtype, blocks, K, N = fast
             y = kernels.packed_op(qtype)(x.reshape(-1, K), blocks, qtype, K)
-            y = y.view(*x.shape[:-1], w.shape[0])
+            if x.dim() != 2:
+                y = y.view(*x.shape[:-1], N)
             if y.dtype != x.dtype:
                 y = y.to(x.dtype)
-            return y if self.bias is None else y + self.bias
-        return packed_linear(x, w, self.bias)
+            return y + self.bias if self._has_bias else y
+        return packed_linear(x, self.weight, self.bias)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PackedLinear:
         super()._apply(fn, recurse)
-        self._one = len(self.weight.segments) == 1
+        self._refresh()
         return self
 
     def extra_repr(self) -> str:
