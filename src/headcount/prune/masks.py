@@ -180,9 +180,7 @@ def _sliced_linear(lin: nn.Linear, rows: Tensor | None, cols: Tensor | None) -> 
         w = w[rows.to(w.device)]
     if cols is not None:
         w = w[:, cols.to(w.device)]
-    out = Linear(
-        w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype
-    )
+    out = Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         out.weight.copy_(w)
         if lin.bias is not None:
