@@ -119,16 +119,22 @@ def test_packed_gemv_equals_linear_on_random_blocks(kind: str) -> None:
     _check_gemv(*_random(kind, n=37, k=96))
 
 
-def _int16_reference(x: Tensor, rows: np.ndarray) -> Tensor:
-    """float64 GEMV of GGUF Q4_1 ``rows`` with the Q4_1x kernels' int16 activations: each 32
-    values of x rounded (half to even) to ``xq = rint(x * (32767 / max|x|))`` in float32, a block's
-    sum ``d * dx * sum(q * xq) + m * sum(x)`` with ``dx = max|x| / 32767`` (csrc/q4x.cpp)."""
+def _int16_reference(x: Tensor, rows: np.ndarray, qtype: int) -> Tensor:
+    """float64 GEMV of GGUF Q4_1 / Q8_0 ``rows`` with the regrouped layouts' int16 activations:
+    each 32 values of x rounded (half to even) to ``xq = rint(x * (32767 / max|x|))`` in float32,
+    a block's sum ``d * dx * sum(q * xq) (+ m * sum(x) for Q4_1)`` with ``dx = max|x| / 32767``
+    (csrc/x16.cpp)."""
     M, K = x.shape
-    blocks = rows.reshape(rows.shape[0], K // 32, 20)
+    size = 20 if qtype == T.Q4_1 else 34
+    blocks = rows.reshape(rows.shape[0], K // 32, size)
     d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float64)  # (N, K/32)
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
-    qs = blocks[..., 4:]
-    q = np.concatenate([qs & 15, qs >> 4], -1).astype(np.float64)  # (N, K/32, 32): GGUF order
+    if qtype == T.Q4_1:
+        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64)
+        qs = blocks[..., 4:]
+        q = np.concatenate([qs & 15, qs >> 4], -1).astype(np.float64)  # (N, K/32, 32): GGUF order
+    else:
+        m = np.zeros_like(d)
+        q = blocks[..., 2:].copy().view(np.int8).astype(np.float64)
     xg = x.numpy().reshape(M, K // 32, 32)
     am = np.abs(xg).max(-1, keepdims=True)
     inv = np.where(am > 0, np.float32(32767) / np.where(am > 0, am, 1), np.float32(0))
@@ -139,22 +145,22 @@ def _int16_reference(x: Tensor, rows: np.ndarray) -> Tensor:
     return torch.from_numpy(y)
 
 
-def _check_q4_1x(rows: np.ndarray, k: int) -> None:
-    """GGUF Q4_1 rows regrouped as Q4_1x: the same bytes, dequantised value for value as gguf
-    does; the GEMV equals the int16 scheme's float64 reference and stays within its rounding
-    bound of the exact product, for 1..8 input rows."""
+def _check_regrouped(rows: np.ndarray, qtype: int, k: int) -> None:
+    """GGUF Q4_1 / Q8_0 rows regrouped as Q4_1x / Q8_0x: the same bytes, dequantised value for
+    value as gguf does; the GEMV equals the int16 scheme's float64 reference and stays within
+    its rounding bound of the exact product, for 1..8 input rows, each row as if alone."""
     blocks = torch.from_numpy(rows)
-    qtype, regrouped = kernels.kernel_layout(blocks, int(T.Q4_1), k)
-    assert qtype == kernels.Q4_1X and regrouped.shape == blocks.shape
-    dense = dequantize(rows, T.Q4_1)
-    assert np.array_equal(kernels.dequantize_packed(regrouped, qtype, k).numpy(), dense)
+    got, regrouped = kernels.kernel_layout(blocks, qtype, k)
+    assert got == kernels.REGROUPED[qtype] and regrouped.shape == blocks.shape
+    dense = dequantize(rows, T(qtype))
+    assert np.array_equal(kernels.dequantize_packed(regrouped, got, k).numpy(), dense)
     w = torch.from_numpy(dense).double()
     g = torch.Generator().manual_seed(0)
     for m in range(1, 9):
         x = torch.randn(m, k, generator=g)
         x[:, 5] *= 50.0  # an outlier channel, as LLM activations have: its blocks round coarser
-        y = kernels.gemv_packed(x, regrouped, qtype, k)
-        ref = _int16_reference(x, rows)
+        y = kernels.gemv_packed(x, regrouped, got, k)
+        ref = _int16_reference(x, rows, qtype)
         torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
         exact = x.double() @ w.T
         amax = x.double().reshape(m, -1, 32).abs().amax(-1)  # (M, K/32)
@@ -162,30 +168,37 @@ def _check_q4_1x(rows: np.ndarray, k: int) -> None:
         assert bool(((y.double() - exact).abs() <= bound + 1e-4 * exact.abs().max()).all())
         for i in range(m):  # each row as if alone (the batch shares only the weights' decode)
             torch.testing.assert_close(
-                y[i : i + 1], kernels.gemv_packed(x[i : i + 1], regrouped, qtype, k)
+                y[i : i + 1], kernels.gemv_packed(x[i : i + 1], regrouped, got, k)
             )
 
 
 @needs_kernels
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0"])
 @pytest.mark.parametrize(("n", "k"), [(37, 96), (16, 128), (9, 576), (5, 32), (3, 1536)])
-def test_q4_1x_regroups_q4_1_and_its_gemv_is_the_int16_scheme(n: int, k: int) -> None:
-    rows, _, _ = _random("Q4_1", n=n, k=k, seed=k)  # K = 32, 96, 576: short last groups
-    _check_q4_1x(rows, k)
+def test_regrouped_layouts_dequantise_as_gguf_and_gemv_is_the_int16_scheme(
+    kind: str, n: int, k: int
+) -> None:
+    rows, qtype, _ = _random(kind, n=n, k=k, seed=k)  # K = 32, 96, 576: short last groups
+    _check_regrouped(rows, qtype, k)
 
 
 @needs_kernels
 @pytest.mark.model
-def test_q4_1x_on_a_real_tensor() -> None:
-    rows, _, k = _real("smollm2", "blk.0.ffn_down.weight", "Q4_1", n=200)
-    _check_q4_1x(rows, k)
+@pytest.mark.parametrize(
+    ("name", "kind"), [("blk.0.ffn_down.weight", "Q4_1"), ("token_embd.weight", "Q8_0")]
+)
+def test_regrouped_layouts_on_real_tensors(name: str, kind: str) -> None:
+    rows, qtype, k = _real("smollm2", name, kind, n=200)
+    _check_regrouped(rows, qtype, k)
 
 
-def test_q4_1_loads_regrouped_only_when_int16_activations_are_on() -> None:
-    rows, qtype, k = _random("Q4_1", n=8, k=64)
+@pytest.mark.parametrize("kind", ["Q4_1", "Q8_0", "Q4_0"])
+def test_loads_regrouped_only_when_int16_activations_are_on(kind: str) -> None:
+    rows, qtype, k = _random(kind, n=8, k=64)
     w = PackedWeight.from_gguf(rows, qtype, k)
-    want = "Q4_1x" if kernels.available() and kernels.ACTIVATIONS == "int16" else "Q4_1"
-    assert w.types == ("Q4_1",) and w.layouts == (want,)
-    assert torch.equal(w.dequantize(), torch.from_numpy(dequantize(rows, T.Q4_1)))
+    on = kernels.available() and kernels.ACTIVATIONS == "int16" and kind != "Q4_0"
+    assert w.types == (kind,) and w.layouts == (kind + "x" if on else kind,)
+    assert torch.equal(w.dequantize(), torch.from_numpy(dequantize(rows, T[kind])))
 
 
 def test_bad_arguments_are_named() -> None:
@@ -212,7 +225,8 @@ def test_packed_weight_acts_as_its_dense_tensor() -> None:
     assert isinstance(half, PackedWeight) and half.dtype == torch.bfloat16
     x = torch.randn(3, 64)
     assert F.linear(x.bfloat16(), half).dtype == torch.bfloat16
-    torch.testing.assert_close(F.linear(x, w), x @ dense.T, rtol=1e-5, atol=1e-5)
+    # decode: the regrouped Q8_0x kernel rounds x to int16 per 32 values (see _check_regrouped)
+    torch.testing.assert_close(F.linear(x, w), x @ dense.T, rtol=1e-3, atol=2e-3)
     big = torch.randn(20, 64)  # prefill: more than MAX_ROWS rows use the dense GEMM
     torch.testing.assert_close(F.linear(big, w), big @ dense.T, rtol=1e-5, atol=1e-5)
     c = copy.deepcopy(w)

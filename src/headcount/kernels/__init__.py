@@ -43,6 +43,7 @@ from headcount.errors import ConfigError
 __all__ = [
     "MAX_ROWS",
     "Q4_1X",
+    "Q8_0X",
     "QTYPES",
     "available",
     "build_dir",
@@ -55,11 +56,13 @@ __all__ = [
     "variant",
 ]
 
-# headcount's own layout: Q4_1 blocks regrouped for int16 dot products (csrc/q4x.cpp). GGUF Q4_1
-# weights are kept this way when the kernels are available, unless HEADCOUNT_PACKED_ACT says float
-# or int8 (the exact float32 products, or llama.cpp's int8 scheme, on the GGUF layout).
-Q4_1X = 1003
-GGUF_TYPE = {Q4_1X: 3}  # the GGUF type a headcount layout holds the values of
+# headcount's own layouts: Q4_1 and Q8_0 blocks regrouped for int16 dot products (csrc/x16.cpp).
+# GGUF Q4_1 / Q8_0 weights are kept this way when the kernels are available, unless
+# HEADCOUNT_PACKED_ACT says float or int8 (the exact float32 products, or llama.cpp's int8
+# scheme, on the GGUF layout).
+Q4_1X, Q8_0X = 1003, 1008
+GGUF_TYPE = {Q4_1X: 3, Q8_0X: 8}  # the GGUF type a headcount layout holds the values of
+REGROUPED = {3: Q4_1X, 8: Q8_0X}
 
 MAX_ROWS = 8  # inputs with more rows (prefill) are better served by a GEMM on dense weights
 # ggml type code -> (name, values per block, bytes per block) of the packed formats
@@ -72,17 +75,19 @@ QTYPES: dict[int, tuple[str, int, int]] = {
     12: ("Q4_K", 256, 144),
     14: ("Q6_K", 256, 210),
     Q4_1X: ("Q4_1x", 32, 20),
+    Q8_0X: ("Q8_0x", 32, 34),
 }
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("ops.cpp", "gemv.cpp", "quant_gemv.cpp", "q4x.cpp")
+SOURCES = ("ops.cpp", "gemv.cpp", "quant_gemv.cpp", "x16.cpp")
 HEADERS = ("kernels.h", "simd.h")
 _COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 
 # How a packed GEMV treats its input (HEADCOUNT_PACKED_ACT, read when weights are loaded):
-# - "int16" (default): GGUF Q4_1 weights are regrouped into Q4_1X and each 32 input values are
-#   rounded to int16 (integer dot products, about 3x fewer instructions per block than decoding
-#   to float; relative error <= 2^-16 of a block's largest input); other types take "float";
+# - "int16" (default): GGUF Q4_1 / Q8_0 weights are regrouped into Q4_1X / Q8_0X and each 32
+#   input values are rounded to int16 (integer dot products, about a third of the instructions
+#   per block of decoding to float; relative error <= 2^-16 of a block's largest input); other
+#   types take "float";
 # - "float": every type decodes blocks to float32 and sums the dequantised weights' exact products;
 # - "int8": Q4_0 / Q4_1 / Q8_0 round each 32 inputs to int8 (llama.cpp's scheme): it raised
 #   SmolLM2's held-out perplexity by 1.43% (Hamlet 8x512, benchmarks/packed_perplexity.py).
@@ -337,14 +342,14 @@ def dequantize_packed(blocks: Tensor, qtype: int, k: int, out: Tensor | None = N
 
 
 def kernel_layout(blocks: Tensor, qtype: int, k: int) -> tuple[int, Tensor]:
-    """``(qtype, blocks)`` as the loaded kernels read them best: GGUF Q4_1 rows regrouped into
-    `Q4_1X` (the same bytes, see ``csrc/q4x.cpp``) when `ACTIVATIONS` is ``"int16"``; anything
-    else as given."""
+    """``(qtype, blocks)`` as the loaded kernels read them best: GGUF Q4_1 / Q8_0 rows regrouped
+    into `Q4_1X` / `Q8_0X` (the same bytes, see ``csrc/x16.cpp``) when `ACTIVATIONS` is
+    ``"int16"``; anything else as given."""
     if ACTIVATIONS not in PACKED_ACTIVATIONS:
         raise ConfigError(
             f"HEADCOUNT_PACKED_ACT={ACTIVATIONS!r} is not one of {', '.join(PACKED_ACTIVATIONS)}"
         )
-    if qtype == 3 and ACTIVATIONS == "int16" and available():
+    if qtype in REGROUPED and ACTIVATIONS == "int16" and available():
         _check_packed(blocks, qtype, k)
-        return Q4_1X, torch.ops.headcount.q4x_from_q4_1(blocks, k)
+        return REGROUPED[qtype], torch.ops.headcount.regroup(blocks, qtype, k)
     return qtype, blocks

@@ -126,8 +126,8 @@ class PackedWeight(QuantizedWeight):
     @classmethod
     def from_gguf(cls, rows: np.ndarray, qtype: int, k: int) -> PackedWeight:
         """A GGUF tensor's blocks, ``rows (N, row bytes)`` uint8 (copied into memory torch owns),
-        in the layout the kernels read best (`headcount.kernels.kernel_layout`: Q4_1 rows are
-        regrouped for int16 dot products unless ``HEADCOUNT_PACKED_ACT`` says otherwise)."""
+        in the layout the kernels read best (`headcount.kernels.kernel_layout`: Q4_1 and Q8_0 rows
+        are regrouped for int16 dot products unless ``HEADCOUNT_PACKED_ACT`` says otherwise)."""
         blocks = torch.from_numpy(np.array(rows, dtype=np.uint8, copy=True))
         if blocks.ndim == 2 and qtype in kernels.QTYPES:
             qtype, blocks = kernels.kernel_layout(blocks, qtype, k)

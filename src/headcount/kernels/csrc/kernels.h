@@ -9,8 +9,8 @@ namespace hc {
 
 // ggml type codes of the packed formats (gguf.GGMLQuantizationType)
 enum QType : int64_t { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q6_K = 14,
-                       // headcount's own: Q4_1 regrouped for int16 dot products (q4x.cpp)
-                       Q4_1X = 1003 };
+                       // headcount's own: Q4_1 and Q8_0 regrouped for int16 dot products (x16.cpp)
+                       Q4_1X = 1003, Q8_0X = 1008 };
 
 // float32 / bfloat16 / int8 weights (N, K); scale (N,) multiplies each output (int8), or null
 void gemv_f32(const float *x, int64_t M, int64_t K, const float *w, float *y, int64_t N,
@@ -35,14 +35,16 @@ bool qtype_int8_activations(int64_t qtype);
 void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *dx, float *xs);
 void gemv_q_a8(int64_t qtype, const int8_t *xq, const float *dx, const float *xs, int64_t M,
                int64_t K, const uint8_t *w, float *y, int64_t N, int64_t n0, int64_t n1);
-// Q4_1x (q4x.cpp): the input rounded to int16 per 32 values once per call by q4x_prepare (into
-// the calling thread's buffer, valid until its next call), then any row range read by gemv_q4x;
-// dequant_q covers Q4_1X too; q4x_from_q4_1 regroups GGUF Q4_1 rows
-const void *q4x_prepare(const float *x, int64_t M, int64_t K);
-void gemv_q4x(const void *prepared, int64_t M, int64_t K, const uint8_t *w, float *y, int64_t N,
-              int64_t n0, int64_t n1);
+// Q4_1x and Q8_0x (x16.cpp): the input rounded to int16 per 32 values once per call by
+// x16_prepare (into the calling thread's buffer, valid until its next call), then any row range
+// read by gemv_x16; dequant_q covers both; q4x_from_q4_1 / q8x_from_q8_0 regroup GGUF rows
+const void *x16_prepare(const float *x, int64_t M, int64_t K);
+void gemv_x16(int64_t qtype, const void *prepared, int64_t M, int64_t K, const uint8_t *w,
+              float *y, int64_t N, int64_t n0, int64_t n1);
 void dequant_q4x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
+void dequant_q8x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 void q4x_from_q4_1(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1);
+void q8x_from_q8_0(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1);
 // rows n0..n1 of w dequantised into out (N, K) float32, equal to gguf.quants.dequantize
 void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 

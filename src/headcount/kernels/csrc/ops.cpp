@@ -92,10 +92,10 @@ Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     const float *xp = xf.data_ptr<float>();
     const uint8_t *wp = w.data_ptr<uint8_t>();
     float *yp = y.data_ptr<float>();
-    if (qtype == hc::Q4_1X) {  // the input rounded to int16 once, before the row split
-        const void *prepared = hc::q4x_prepare(xp, M, K);
+    if (qtype == hc::Q4_1X || qtype == hc::Q8_0X) {  // x rounded to int16 once, then the rows
+        const void *prepared = hc::x16_prepare(xp, M, K);
         at::parallel_for(0, N, grain(K / 4), [&](int64_t n0, int64_t n1) {
-            hc::gemv_q4x(prepared, M, K, wp, yp, N, n0, n1);
+            hc::gemv_x16(qtype, prepared, M, K, wp, yp, N, n0, n1);
         });
         return y;
     }
@@ -105,14 +105,19 @@ Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     return y;
 }
 
-// GGUF Q4_1 rows -> the same rows regrouped as Q4_1x (q4x.cpp)
-Tensor q4x_from_q4_1(const Tensor &w, int64_t K) {
-    check_packed(w, hc::Q4_1, K);
+// GGUF Q4_1 / Q8_0 rows -> the same rows regrouped as Q4_1x / Q8_0x (x16.cpp)
+Tensor regroup(const Tensor &w, int64_t qtype, int64_t K) {
+    TORCH_CHECK(qtype == hc::Q4_1 || qtype == hc::Q8_0, "regroup: Q4_1 or Q8_0 rows, not type ",
+                qtype);
+    check_packed(w, qtype, K);
     Tensor out = at::empty_like(w);
     const uint8_t *wp = w.data_ptr<uint8_t>();
     uint8_t *op = out.data_ptr<uint8_t>();
     at::parallel_for(0, w.size(0), grain(K), [&](int64_t n0, int64_t n1) {
-        hc::q4x_from_q4_1(wp, K, op, n0, n1);
+        if (qtype == hc::Q4_1)
+            hc::q4x_from_q4_1(wp, K, op, n0, n1);
+        else
+            hc::q8x_from_q8_0(wp, K, op, n0, n1);
     });
     return out;
 }
@@ -159,7 +164,7 @@ Tensor gemv_q_meta(const Tensor &x, const Tensor &w, int64_t, int64_t) {
     return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
 }
 void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
-Tensor q4x_from_q4_1_meta(const Tensor &w, int64_t) { return at::empty_like(w); }
+Tensor regroup_meta(const Tensor &w, int64_t, int64_t) { return at::empty_like(w); }
 
 }  // namespace
 
@@ -168,7 +173,7 @@ TORCH_LIBRARY(headcount, m) {
     m.def("gemv_q(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("gemv_q8a(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
-    m.def("q4x_from_q4_1(Tensor w, int k) -> Tensor");
+    m.def("regroup(Tensor w, int qtype, int k) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(headcount, CPU, m) {
@@ -176,7 +181,7 @@ TORCH_LIBRARY_IMPL(headcount, CPU, m) {
     m.impl("gemv_q", &gemv_q);
     m.impl("gemv_q8a", &gemv_q8a);
     m.impl("dequant_q", &dequant_q);
-    m.impl("q4x_from_q4_1", &q4x_from_q4_1);
+    m.impl("regroup", &regroup);
 }
 
 TORCH_LIBRARY_IMPL(headcount, Meta, m) {
@@ -184,5 +189,5 @@ TORCH_LIBRARY_IMPL(headcount, Meta, m) {
     m.impl("gemv_q", &gemv_q_meta);
     m.impl("gemv_q8a", &gemv_q_meta);
     m.impl("dequant_q", &dequant_q_meta);
-    m.impl("q4x_from_q4_1", &q4x_from_q4_1_meta);
+    m.impl("regroup", &regroup_meta);
 }

@@ -260,7 +260,7 @@ void dequant_rows(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n
 
 bool qtype_known(int64_t qtype) {
     return qtype == Q4_0 || qtype == Q4_1 || qtype == Q5_0 || qtype == Q5_1 || qtype == Q8_0 ||
-           qtype == Q4_K || qtype == Q6_K || qtype == Q4_1X;
+           qtype == Q4_K || qtype == Q6_K || qtype == Q4_1X || qtype == Q8_0X;
 }
 int64_t qtype_block(int64_t qtype) { return qtype == Q4_K || qtype == Q6_K ? 256 : 32; }
 int64_t qtype_bytes(int64_t qtype) {
@@ -268,6 +268,7 @@ int64_t qtype_bytes(int64_t qtype) {
         case Q4_0: return BQ4_0::BYTES;
         case Q4_1: return BQ4_1::BYTES;
         case Q4_1X: return BQ4_1::BYTES;  // the same bytes, regrouped
+        case Q8_0X: return BQ8_0::BYTES;
         case Q5_0: return BQ5_0::BYTES;
         case Q5_1: return BQ5_1::BYTES;
         case Q8_0: return BQ8_0::BYTES;
@@ -301,6 +302,7 @@ void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n
         case Q4_K: return dequant_rows<BQ4_K>(w, K, out, n0, n1);
         case Q6_K: return dequant_rows<BQ6_K>(w, K, out, n0, n1);
         case Q4_1X: return dequant_q4x(w, K, out, n0, n1);
+        case Q8_0X: return dequant_q8x(w, K, out, n0, n1);
         default: return;
     }
 }

@@ -1,0 +1,398 @@
+// GGUF Q4_1 and Q8_0 rows regrouped for 16-bit integer dot products ("Q4_1x", "Q8_0x").
+//
+// Q4_1x: the same bytes as a GGUF Q4_1 row
+// (d, m and 32 nibbles per 32 values, 20 bytes a block), regrouped so a 64-byte load holds 128
+// values whose nibbles come apart with shifts and masks inside 16-bit lanes, and 16-bit integer
+// dot products (AVX512-VNNI vpdpwssd, else vpmaddwd) multiply them with the input rounded to
+// int16 per 32 values. Compared with decoding every value to float (quant_gemv.cpp), a block
+// costs about a third of the instructions, and nothing needs a cross-lane shuffle.
+//
+// Row layout (K values, nb = K / 32 blocks): groups of 4 blocks (128 values), each
+//     64 bytes: 32 little-endian 16-bit words; bits 4j..4j+3 of word w hold value 8j + w % 8 of
+//               the group's block w / 8 (j = 0..3)
+//     8 bytes:  d of the 4 blocks (fp16);  8 bytes: m of the 4 blocks (fp16)
+// and a last group of r = nb % 4 blocks: 16r bytes of words (words 0..8r-1), d[r], m[r].
+// Value = d * q + m, as in Q4_1 (dequant_q4x computes it as gguf does, rounded twice).
+//
+// Q8_0x: the same bytes as a GGUF Q8_0 row (d and 32 int8 per 32 values, 34 bytes a block);
+// groups of 4 blocks: 4 slabs of 32 int8 (byte w of slab j = value 8j + w % 8 of block w / 8,
+// the order of Q4_1x's nibbles), then d[4]; a last group of r blocks: 4 slabs of 8r, d[r]. The
+// int8 values widen to int16 by one sign extension per 32 (no float conversion per value).
+//
+// The input: each 32 values x of a block are rounded to int16 with dx = max|x| / 32767, so
+// sum(w * x) = d * dx * sum(q * xq) + m * sum(x) up to that rounding (relative error <= 2^-16 of
+// the block's largest |x|; int8, llama.cpp's choice, is 256 times coarser).
+#include <vector>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace hc {
+namespace {
+
+constexpr int GROUP_BYTES = 80;  // 4 Q4_1x blocks
+#ifndef HC_PREFETCH
+#define HC_PREFETCH 1024
+#endif
+constexpr int PREFETCH = HC_PREFETCH;  // bytes ahead of the group being read
+
+// the input of one GEMV, rearranged like the weights: per group, 4 x 32 int16 (X[j][w] = the
+// value weights' word w, nibble j multiplies; 0 past a short last group), 16 lane scales
+// (dx of block l / 4 for 32-bit lane l) and the 4 blocks' sums of x
+struct Prepared {
+    int64_t groups;
+    std::vector<int16_t> xq;  // M * groups * 128
+    std::vector<float> dx;    // M * groups * 16
+    std::vector<float> xs;    // M * groups * 4
+};
+
+void prepare(const float *x, int64_t M, int64_t K, Prepared &p) {
+    const int64_t nb = K / 32, G = (nb + 3) / 4;
+    p.groups = G;
+    p.xq.assign(M * G * 128, 0);
+    p.dx.assign(M * G * 16, 0.0f);
+    p.xs.assign(M * G * 4, 0.0f);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *v = x + m * K + 32 * b;
+            float amax = 0.0f, sum = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                const float a = v[i] < 0 ? -v[i] : v[i];
+                amax = a > amax ? a : amax;
+                sum += v[i];
+            }
+            const float d = amax / 32767.0f, id = amax > 0 ? 32767.0f / amax : 0.0f;
+            const int64_t g = b / 4, bb = b % 4, at = (m * G + g);
+            int16_t *X = p.xq.data() + at * 128;
+            for (int i = 0; i < 32; i++) {  // value i -> word 8 bb + i % 8, nibble i / 8
+                const float q = __builtin_nearbyintf(v[i] * id);
+                X[32 * (i / 8) + 8 * bb + i % 8] = (int16_t)q;
+            }
+            for (int l = 0; l < 4; l++) p.dx[at * 16 + 4 * bb + l] = d;
+            p.xs[at * 4 + bb] = sum;
+        }
+}
+
+// Both layouts decode a group to 4 x 32 int16 "a[j]" (word w of a[j] multiplies X[j][w]) and
+// its scales f = d[4] m[4] (m = 0 for Q8_0x): group_dot sums a[j] * X[j] per 32-bit lane (the
+// lanes of block l / 4), scales each lane by its block's d * dx and adds m * sum(x).
+#ifdef __AVX512F__
+static inline __m512 lane_scales(__m256 f) {  // d[4] m[4] as floats -> d of lane l / 4
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(f));
+}
+static inline __m512i dot16(__m512i acc, __m512i a, const int16_t *x) {
+    const __m512i xv = _mm512_loadu_si512((const void *)x);
+#ifdef __AVX512VNNI__
+    return _mm512_dpwssd_epi32(acc, a, xv);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, xv));
+#endif
+}
+struct Group {
+    __m512i a[4];
+    __m256 f;
+};
+using Acc = __m512;
+static inline Acc acc_zero() { return _mm512_setzero_ps(); }
+template <int M, bool BIAS>
+static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m128 *macc) {
+    const __m512 d = lane_scales(q.f);
+    const __m128 mv = _mm256_extractf128_ps(q.f, 1);
+    for (int m = 0; m < M; m++) {
+        const int64_t at = m * p.groups + g;
+        const int16_t *X = p.xq.data() + at * 128;
+        __m512i s = dot16(_mm512_setzero_si512(), q.a[0], X);
+        __m512i t = dot16(_mm512_setzero_si512(), q.a[1], X + 32);
+        s = dot16(s, q.a[2], X + 64);
+        t = dot16(t, q.a[3], X + 96);
+        const __m512 sc = _mm512_mul_ps(d, _mm512_loadu_ps(p.dx.data() + at * 16));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s, t)), sc, acc[m]);
+        if (BIAS) macc[m] = _mm_fmadd_ps(mv, _mm_loadu_ps(p.xs.data() + at * 4), macc[m]);
+    }
+}
+static inline float finish(Acc acc, __m128 macc) {
+    __m128 s = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(s);
+}
+static inline void q4_split(__m512i W, Group &q) {  // nibble j of every word
+    const __m512i lo4 = _mm512_set1_epi16(0x0F);
+    q.a[0] = _mm512_and_si512(W, lo4);
+    q.a[1] = _mm512_and_si512(_mm512_srli_epi16(W, 4), lo4);
+    q.a[2] = _mm512_and_si512(_mm512_srli_epi16(W, 8), lo4);
+    q.a[3] = _mm512_srli_epi16(W, 12);
+}
+static inline __m256 fp16x8(__m128i h) { return _mm256_cvtph_ps(h); }
+struct Q4X {  // 64 bytes of words, d[4], m[4]
+    static constexpr int BLOCK = 20, GROUP = 80;
+    static constexpr bool BIAS = true;
+    static void load(const uint8_t *w, Group &q) {
+        q4_split(_mm512_loadu_si512((const void *)w), q);
+        q.f = fp16x8(_mm_loadu_si128((const __m128i *)(w + 64)));
+    }
+    static void load_short(const uint8_t *w, int64_t r, Group &q) {  // 16r bytes, d[r], m[r]
+        q4_split(_mm512_maskz_loadu_epi16((__mmask32)((1u << (8 * r)) - 1), w), q);
+        const __mmask8 k = (__mmask8)((1u << r) - 1);
+        const __m128i d = _mm_maskz_loadu_epi16(k, w + 16 * r);
+        q.f = fp16x8(_mm_unpacklo_epi64(d, _mm_maskz_loadu_epi16(k, w + 18 * r)));
+    }
+};
+struct Q8X {  // 4 slabs of 32 int8, d[4]
+    static constexpr int BLOCK = 34, GROUP = 136;
+    static constexpr bool BIAS = false;
+    static void load(const uint8_t *w, Group &q) {
+        for (int j = 0; j < 4; j++)
+            q.a[j] = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w + 32 * j)));
+        q.f = fp16x8(_mm_loadl_epi64((const __m128i *)(w + 128)));
+    }
+    static void load_short(const uint8_t *w, int64_t r, Group &q) {  // 4 slabs of 8r, d[r]
+        const __mmask32 k = (__mmask32)((1u << (8 * r)) - 1);
+        for (int j = 0; j < 4; j++)
+            q.a[j] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, w + 8 * r * j));
+        q.f = fp16x8(_mm_maskz_loadu_epi16((__mmask8)((1u << r) - 1), w + 32 * r));
+    }
+};
+#else  // AVX2: each 32 words as two halves of 16 (blocks 0-1, 2-3)
+static inline __m256i dot16(__m256i acc, __m256i a, const int16_t *x) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, _mm256_loadu_si256((const __m256i *)x)));
+}
+struct Group {
+    __m256i a[2][4];  // half h, nibble/slab j
+    __m256 f;
+};
+struct Acc {
+    __m256 a, b;
+};
+static inline Acc acc_zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+template <int M, bool BIAS>
+static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m128 *macc) {
+    const __m256 d01 = _mm256_permutevar8x32_ps(q.f, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+    const __m256 d23 = _mm256_permutevar8x32_ps(q.f, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3));
+    const __m128 mv = _mm256_extractf128_ps(q.f, 1);
+    for (int m = 0; m < M; m++) {
+        const int64_t at = m * p.groups + g;
+        const int16_t *X = p.xq.data() + at * 128;
+        const float *dx = p.dx.data() + at * 16;
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+        for (int j = 0; j < 4; j++) {
+            s0 = dot16(s0, q.a[0][j], X + 32 * j);
+            s1 = dot16(s1, q.a[1][j], X + 32 * j + 16);
+        }
+        acc[m].a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0),
+                                   _mm256_mul_ps(d01, _mm256_loadu_ps(dx)), acc[m].a);
+        acc[m].b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1),
+                                   _mm256_mul_ps(d23, _mm256_loadu_ps(dx + 8)), acc[m].b);
+        if (BIAS) macc[m] = _mm_fmadd_ps(mv, _mm_loadu_ps(p.xs.data() + at * 4), macc[m]);
+    }
+}
+static inline float finish(Acc acc, __m128 macc) {
+    __m256 v = _mm256_add_ps(acc.a, acc.b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, macc);
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+struct Q4X {
+    static constexpr int BLOCK = 20, GROUP = 80;
+    static constexpr bool BIAS = true;
+    static void load(const uint8_t *w, Group &q) {
+        const __m256i lo4 = _mm256_set1_epi16(0x0F);
+        for (int h = 0; h < 2; h++) {
+            const __m256i W = _mm256_loadu_si256((const __m256i *)(w + 32 * h));
+            q.a[h][0] = _mm256_and_si256(W, lo4);
+            q.a[h][1] = _mm256_and_si256(_mm256_srli_epi16(W, 4), lo4);
+            q.a[h][2] = _mm256_and_si256(_mm256_srli_epi16(W, 8), lo4);
+            q.a[h][3] = _mm256_srli_epi16(W, 12);
+        }
+        q.f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 64)));
+    }
+    static void load_short(const uint8_t *w, int64_t r, Group &q) {  // copied into a full group
+        alignas(32) uint8_t buf[GROUP] = {0};
+        memcpy(buf, w, 16 * r);
+        memcpy(buf + 64, w + 16 * r, 2 * r);
+        memcpy(buf + 72, w + 18 * r, 2 * r);
+        load(buf, q);
+    }
+};
+struct Q8X {
+    static constexpr int BLOCK = 34, GROUP = 136;
+    static constexpr bool BIAS = false;
+    static void load(const uint8_t *w, Group &q) {
+        for (int j = 0; j < 4; j++)
+            for (int h = 0; h < 2; h++)
+                q.a[h][j] = _mm256_cvtepi8_epi16(load16(w + 32 * j + 16 * h));
+        q.f = _mm256_cvtph_ps(_mm_loadl_epi64((const __m128i *)(w + 128)));
+    }
+    static void load_short(const uint8_t *w, int64_t r, Group &q) {  // copied into a full group
+        alignas(32) uint8_t buf[GROUP] = {0};
+        for (int j = 0; j < 4; j++) memcpy(buf + 32 * j, w + 8 * r * j, 8 * r);
+        memcpy(buf + 128, w + 32 * r, 2 * r);
+        load(buf, q);
+    }
+};
+#endif
+
+template <class F, int M>
+void rows_x(const Prepared &p, int64_t K, const uint8_t *w, float *y, int64_t N, int64_t n0,
+            int64_t n1) {
+    const int64_t nb = K / 32, full = nb / 4, r = nb % 4, row_bytes = nb * F::BLOCK;
+    Group q;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * row_bytes;
+        Acc acc[M];
+        __m128 macc[M];
+        for (int m = 0; m < M; m++) acc[m] = acc_zero(), macc[m] = _mm_setzero_ps();
+        for (int64_t g = 0; g < full; g++) {
+            const uint8_t *at = wr + F::GROUP * g;
+            _mm_prefetch((const char *)at + PREFETCH, _MM_HINT_T0);
+            F::load(at, q);
+            group_dot<M, F::BIAS>(q, p, g, acc, macc);
+        }
+        if (r) {  // a short group: zeros past its r blocks (the prepared input is 0 there too)
+            F::load_short(wr + F::GROUP * full, r, q);
+            group_dot<M, F::BIAS>(q, p, full, acc, macc);
+        }
+        for (int m = 0; m < M; m++) y[m * N + n] = finish(acc[m], macc[m]);
+    }
+}
+
+template <class F>
+void gemv_x(const Prepared &p, int64_t M, int64_t K, const uint8_t *w, float *y, int64_t N,
+            int64_t n0, int64_t n1) {
+    switch (M) {
+        case 1: return rows_x<F, 1>(p, K, w, y, N, n0, n1);
+        case 2: return rows_x<F, 2>(p, K, w, y, N, n0, n1);
+        case 3: return rows_x<F, 3>(p, K, w, y, N, n0, n1);
+        default: {  // 4 rows at a time
+            Prepared part;
+            for (int64_t m0 = 0; m0 < M; m0 += 4) {
+                const int64_t mm = M - m0 < 4 ? M - m0 : 4;
+                part.groups = p.groups;
+                part.xq.assign(p.xq.begin() + m0 * p.groups * 128,
+                               p.xq.begin() + (m0 + mm) * p.groups * 128);
+                part.dx.assign(p.dx.begin() + m0 * p.groups * 16,
+                               p.dx.begin() + (m0 + mm) * p.groups * 16);
+                part.xs.assign(p.xs.begin() + m0 * p.groups * 4,
+                               p.xs.begin() + (m0 + mm) * p.groups * 4);
+                float *ym = y + m0 * N;
+                switch (mm) {
+                    case 1: rows_x<F, 1>(part, K, w, ym, N, n0, n1); break;
+                    case 2: rows_x<F, 2>(part, K, w, ym, N, n0, n1); break;
+                    case 3: rows_x<F, 3>(part, K, w, ym, N, n0, n1); break;
+                    default: rows_x<F, 4>(part, K, w, ym, N, n0, n1); break;
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+
+const void *x16_prepare(const float *x, int64_t M, int64_t K) {
+    thread_local Prepared p;  // the calling thread's, reused (no allocation per call)
+    prepare(x, M, K, p);
+    return &p;
+}
+
+void gemv_x16(int64_t qtype, const void *prepared, int64_t M, int64_t K, const uint8_t *w,
+              float *y, int64_t N, int64_t n0, int64_t n1) {
+    const Prepared &p = *static_cast<const Prepared *>(prepared);
+    if (qtype == Q4_1X) return gemv_x<Q4X>(p, M, K, w, y, N, n0, n1);
+    if (qtype == Q8_0X) return gemv_x<Q8X>(p, M, K, w, y, N, n0, n1);
+}
+
+void dequant_q4x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1) {
+    const int64_t nb = K / 32, row_bytes = nb * 20;
+    const __m128i lo4 = _mm_set1_epi16(0x0F);
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * row_bytes;
+        float *o = out + n * K;
+        for (int64_t g = 0; g * 4 < nb; g++) {
+            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            const uint8_t *words = wr + GROUP_BYTES * g, *dp = words + 16 * blocks;
+            for (int64_t bb = 0; bb < blocks; bb++) {
+                // d * q + m rounded twice (a multiply, then an add: -ffp-contract=off), as gguf
+                const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));
+                const __m256 m = _mm256_set1_ps(fp16(dp + 2 * blocks + 2 * bb));
+                const __m128i wv = load16(words + 16 * bb);  // words 8bb..8bb+7 of the group
+                float *ob = o + 128 * g + 32 * bb;
+                for (int j = 0; j < 4; j++) {  // nibble j of the 8 words: values 8j..8j+7
+                    const __m128i q = _mm_and_si128(_mm_srl_epi16(wv, _mm_cvtsi32_si128(4 * j)), lo4);
+                    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(q));
+                    _mm256_storeu_ps(ob + 8 * j, _mm256_add_ps(_mm256_mul_ps(d, f), m));
+                }
+            }
+        }
+    }
+}
+
+// GGUF Q4_1 rows -> Q4_1x rows (the same bytes regrouped)
+void q4x_from_q4_1(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1) {
+    const int64_t nb = K / 32, row_bytes = nb * 20;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *s = src + n * row_bytes;
+        uint8_t *t = dst + n * row_bytes;
+        for (int64_t g = 0; g * 4 < nb; g++) {
+            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            uint8_t *words = t + GROUP_BYTES * g, *dp = words + 16 * blocks;
+            for (int64_t bb = 0; bb < blocks; bb++) {
+                const uint8_t *blk = s + 20 * (4 * g + bb);
+                memcpy(dp + 2 * bb, blk, 2);               // d
+                memcpy(dp + 2 * blocks + 2 * bb, blk + 2, 2);  // m
+                for (int w = 0; w < 8; w++) {
+                    uint16_t word = 0;
+                    for (int j = 0; j < 4; j++) {  // value 8j + w: GGUF keeps value i < 16 in the
+                        const int i = 8 * j + w;   // low nibble of byte i, i >= 16 in the high one
+                        const int q = i < 16 ? blk[4 + i] & 0xF : blk[4 + i - 16] >> 4;
+                        word |= (uint16_t)(q << (4 * j));
+                    }
+                    memcpy(words + 2 * (8 * bb + w), &word, 2);
+                }
+            }
+        }
+    }
+}
+
+void dequant_q8x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1) {
+    const int64_t nb = K / 32, row_bytes = nb * 34;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *wr = w + n * row_bytes;
+        float *o = out + n * K;
+        for (int64_t g = 0; g * 4 < nb; g++) {
+            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            const uint8_t *slabs = wr + 136 * g, *dp = slabs + 32 * blocks;
+            for (int64_t bb = 0; bb < blocks; bb++) {
+                const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));  // d * q, as gguf computes it
+                float *ob = o + 128 * g + 32 * bb;
+                for (int j = 0; j < 4; j++) {  // slab j, bytes 8bb..8bb+7: values 8j..8j+7
+                    const __m128i q = _mm_loadl_epi64((const __m128i *)(slabs + 8 * blocks * j + 8 * bb));
+                    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                    _mm256_storeu_ps(ob + 8 * j, _mm256_mul_ps(d, f));
+                }
+            }
+        }
+    }
+}
+
+// GGUF Q8_0 rows -> Q8_0x rows (the same bytes regrouped): per group of 4 blocks, slab j holds
+// values 8j..8j+7 of each block in turn (8 bytes a block), then the blocks' d
+void q8x_from_q8_0(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1) {
+    const int64_t nb = K / 32, row_bytes = nb * 34;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *s = src + n * row_bytes;
+        uint8_t *t = dst + n * row_bytes;
+        for (int64_t g = 0; g * 4 < nb; g++) {
+            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
+            uint8_t *slabs = t + 136 * g, *dp = slabs + 32 * blocks;
+            for (int64_t bb = 0; bb < blocks; bb++) {
+                const uint8_t *blk = s + 34 * (4 * g + bb);
+                memcpy(dp + 2 * bb, blk, 2);  // d
+                for (int j = 0; j < 4; j++) memcpy(slabs + 8 * blocks * j + 8 * bb, blk + 2 + 8 * j, 8);
+            }
+        }
+    }
+}
+
+}  // namespace hc
