@@ -38,6 +38,8 @@ class RoPE(nn.Module):
         self.inv_freq = inv_freq.float()
         # dtype -> (cos, sin, signed sin) by position; see `table`
         self._tables: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+        # dtype -> (position, rotation matrix) of the last position asked; see `rotation`
+        self._rotations: dict[torch.dtype, tuple[int, Tensor]] = {}
 
     def table(
         self, n: int, dtype: torch.dtype, device: torch.device
@@ -86,11 +88,34 @@ class RoPE(nn.Module):
     def rotate(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
         """``x (..., D)`` rotated by ``cos`` and ``signed_sin`` rows of `table` broadcast to it,
         every dim of ``x`` (``rotary_dim`` of them): ``x * cos + swap_halves(x) *
-        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``. The decode
-        step's RoPE: four ops for any number of heads."""
-        D = x.shape[-1]
-        swapped = x.unflatten(-1, (2, D // 2)).flip(-2).flatten(-2)  # [x2 | x1]
-        return x * cos + swapped * signed_sin
+        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``. Three ops
+        for any number of heads (``roll`` by D/2 swaps the halves: ``[x2 | x1]``)."""
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
+
+    def rotation(self, position: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(D, D)``: the rotation of one position as a matrix, ``x @ R == rotate(x, cos[p],
+        signed_sin[p])`` (to rounding): ``R[i, i] = cos_i``, ``R[(i + D/2) % D, i] =
+        signed_sin_i``. Kept for the last position asked (every layer of a decode step asks for
+        the same one), so a step's RoPE is one matrix product per layer. Needs ``rotary_dim ==
+        head_dim``."""
+        last = self._rotations.get(dtype)
+        if last is not None and last[0] == position and last[1].device == device:
+            return last[1]
+        cos, _, signed_sin = self.table(position + 1, dtype, device)
+        D = self.rotary_dim
+        r = torch.diag(cos[position]) + torch.diag(signed_sin[position]).roll(D // 2, 0)  # (D, D)
+        self._rotations[dtype] = (position, r)
+        return r
+
+    def rotate_at(self, x: Tensor, position: int) -> Tensor:
+        """``x (..., D)`` rotated at one absolute ``position`` (the decode step's RoPE, all heads
+        at once). float32/float64: one matrix product with `rotation`; bfloat16/float16 (whose
+        matrix products are slow on CPUs without half units): `rotate`. Needs ``rotary_dim ==
+        head_dim``."""
+        if x.dtype in (torch.float32, torch.float64):
+            return torch.matmul(x, self.rotation(position, x.dtype, x.device))
+        cos, _, signed_sin = self.table(position + 1, x.dtype, x.device)
+        return self.rotate(x, cos.select(0, position), signed_sin.select(0, position))
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x (B, N, T, D)`` at absolute ``positions`` of shape ``(T,)`` or ``(B, T)``."""
