@@ -135,6 +135,24 @@ def test_module_hooks_still_run_on_the_decode_step() -> None:
     assert (got - plain).abs().max() > 1e-2  # the halved projection changed the logits
 
 
+def test_gradients_through_a_step_after_inference_mode_decoding() -> None:
+    """RoPE's tables and rotation, first built while decoding under inference mode, still serve
+    a step that autograd records (importance scoring after generating): the same gradient as a
+    copy of the model that never decoded."""
+    model, fresh = _tiny(), _tiny()
+    run = Decoding(model, 10)
+    run.prefill([1, 2, 3])
+    run.step(4)  # the rotation of position 3 is now kept, built under inference mode
+    grads = []
+    for m in (model, fresh):
+        cache = m.new_cache(1, 10)
+        with torch.no_grad():
+            m(torch.tensor([[1, 2, 3]]), cache=cache)
+        m(torch.tensor([[4]]), cache=cache).logits.square().sum().backward()  # position 3
+        grads.append(m.layers[0].attn.qkv_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_greedy_generation_equals_recompute(variant: str) -> None:
     model = _tiny()

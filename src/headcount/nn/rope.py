@@ -47,16 +47,21 @@ class RoPE(nn.Module):
         """cos, sin and the signed sin ``[-sin_1 | sin_2]`` of positions ``0 .. >= n-1``, each
         ``(>= n, rotary_dim)``: a table that grows on demand (every layer asks for the same
         positions). Entries are ``cos(float32(pos) * inv_freq)`` computed in float32, exactly as
-        HuggingFace computes them per call, so results are bit-identical to that."""
+        HuggingFace computes them per call, so results are bit-identical to that.
+
+        Built outside inference mode even when asked inside it: a table first built while
+        decoding under ``torch.inference_mode()`` must still serve a forward that autograd
+        records (inference tensors cannot be saved for backward)."""
         table = self._tables.get(dtype)
         if table is None or table[0].shape[0] < n or table[0].device != device:
             n = max(n, 2 * table[0].shape[0] if table is not None else 256)
-            pos = torch.arange(n, device=device, dtype=torch.float32)
-            freqs = pos[:, None] * self.inv_freq.to(device)  # (n, rotary_dim/2)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
-            cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-            half = self.rotary_dim // 2
-            table = (cos, sin, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
+            with torch.inference_mode(False):
+                pos = torch.arange(n, device=device, dtype=torch.float32)
+                freqs = pos[:, None] * self.inv_freq.to(device)  # (n, rotary_dim/2)
+                emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
+                cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+                half = self.rotary_dim // 2
+                table = (cos, sin, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
             self._tables[dtype] = table
         return table
 
@@ -103,9 +108,10 @@ class RoPE(nn.Module):
             return last[1]
         cos, _, signed_sin = self.table(position + 1, dtype, device)
         D = self.rotary_dim
-        r = torch.diag(cos[position]) + torch.diag(signed_sin[position]).roll(D // 2, 0)  # (D, D)
+        with torch.inference_mode(False):  # like the table: usable where autograd records
+            r = torch.diag(cos[position]) + torch.diag(signed_sin[position]).roll(D // 2, 0)
         self._rotations[dtype] = (position, r)
-        return r
+        return r  # (D, D)
 
     def rotate_at(self, x: Tensor, position: int) -> Tensor:
         """``x (..., D)`` rotated at one absolute ``position`` (the decode step's RoPE, all heads
