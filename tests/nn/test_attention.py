@@ -311,7 +311,7 @@ def test_rope_keeps_float32_angles_when_the_module_is_cast() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_rope_rotate_at_against_complex_reference(dtype: torch.dtype) -> None:
     """The decode step's RoPE of every head at one position (a matrix product with the cached
-    `RoPE.rotation` in float32/64, roll and addcmul in bfloat16) equals float64 complex
+    `RoPE.rotation` in float32/64, `RoPE.rotate` in bfloat16) equals float64 complex
     rotation; alternating positions and dtypes never reuses a stale rotation."""
     rope = RoPE(16, base=500.0)
     x = torch.randn(2, 5, 16).to(dtype)  # (B, heads, D)

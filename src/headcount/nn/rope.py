@@ -93,9 +93,11 @@ class RoPE(nn.Module):
     def rotate(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
         """``x (..., D)`` rotated by ``cos`` and ``signed_sin`` rows of `table` broadcast to it,
         every dim of ``x`` (``rotary_dim`` of them): ``x * cos + swap_halves(x) *
-        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``. Three ops
-        for any number of heads (``roll`` by D/2 swaps the halves: ``[x2 | x1]``)."""
-        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
+        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``, rounded
+        after each op as HuggingFace's is (bfloat16 results equal theirs bit for bit; one
+        ``addcmul`` would round the sum once and differ in the last bit). Four ops for any
+        number of heads (``roll`` by D/2 swaps the halves: ``[x2 | x1]``)."""
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
     def rotation(self, position: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """``(D, D)``: the rotation of one position as a matrix, ``x @ R == rotate(x, cos[p],
@@ -116,7 +118,7 @@ class RoPE(nn.Module):
     def rotate_at(self, x: Tensor, position: int) -> Tensor:
         """``x (..., D)`` rotated at one absolute ``position`` (the decode step's RoPE, all heads
         at once). float32/float64: one matrix product with `rotation`; bfloat16/float16 (whose
-        matrix products are slow on CPUs without half units): `rotate`. Needs ``rotary_dim ==
+        matrix products are slow on CPUs without half units, and round differently): `rotate`. Needs ``rotary_dim ==
         head_dim``."""
         if x.dtype in (torch.float32, torch.float64):
             r = self.rotation(position, x.dtype, x.device)
