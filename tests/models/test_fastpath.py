@@ -108,6 +108,52 @@ def test_hooks_and_masks_take_the_general_path(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(out.logits[0], full[1:2], rtol=1e-5, atol=1e-5)
 
 
+def test_module_hooks_still_run_on_the_decode_step() -> None:
+    """Submodules without hooks are called through their ``forward`` (`headcount.nn.calls.bare`);
+    a forward hook on a layer's MLP, one that changes a projection's output, and a global module
+    hook see every call of prefill and decode steps alike, so decoding still equals the full
+    forward under the same hooks."""
+    model = _tiny()
+    ids = [7, 8, 9, 10, 11, 12]
+    plain, _ = _decode_vs_full(model, ids, 3)
+    mlp_calls: list[tuple[int, ...]] = []
+    norms: list[int] = []
+    handles = [
+        model.layers[1].mlp.register_forward_hook(lambda m, a, out: mlp_calls.append(out.shape)),
+        model.layers[0].attn.o_proj.register_forward_hook(lambda m, a, out: out * 0.5),
+        torch.nn.modules.module.register_module_forward_hook(
+            lambda m, a, out: norms.append(1) if isinstance(m, headcount.nn.RMSNorm) else None
+        ),
+    ]
+    try:
+        got, full = _decode_vs_full(model, ids, 3)
+    finally:
+        for h in handles:
+            h.remove()
+    assert mlp_calls == [(1, 6, 64), (1, 3, 64)] + [(1, 1, 64)] * 3  # full, prefill, 3 steps
+    assert len(norms) == 5 * 7  # 2 per layer and the final one, in each of the 5 forwards
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-2  # the halved projection changed the logits
+
+
+def test_gradients_through_a_step_after_inference_mode_decoding() -> None:
+    """RoPE's tables and rotation, first built while decoding under inference mode, still serve
+    a step that autograd records (importance scoring after generating): the same gradient as a
+    copy of the model that never decoded."""
+    model, fresh = _tiny(), _tiny()
+    run = Decoding(model, 10)
+    run.prefill([1, 2, 3])
+    run.step(4)  # the rotation of position 3 is now kept, built under inference mode
+    grads = []
+    for m in (model, fresh):
+        cache = m.new_cache(1, 10)
+        with torch.no_grad():
+            m(torch.tensor([[1, 2, 3]]), cache=cache)
+        m(torch.tensor([[4]]), cache=cache).logits.square().sum().backward()  # position 3
+        grads.append(m.layers[0].attn.qkv_proj.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_greedy_generation_equals_recompute(variant: str) -> None:
     model = _tiny()

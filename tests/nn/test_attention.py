@@ -8,7 +8,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from headcount import Attention, ConfigError, DTypeError, KVCache, RoPE, ShapeError
-from tests.nn.reference import reference_attention
+from tests.nn.reference import _rope64, reference_attention
 
 F32 = {"atol": 2e-5, "rtol": 2e-5}
 HEADS = [(8, 8), (8, 4), (8, 2), (8, 1), (6, 3)]  # (H, G): MHA, GQA, MQA
@@ -306,3 +306,23 @@ def test_rope_keeps_float32_angles_when_the_module_is_cast() -> None:
     # the table is exactly the per-call float32 formula
     freqs = pos.float()[:, None] * ref.inv_freq
     assert_close(cos, torch.cat([freqs, freqs], -1).cos(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rope_rotate_at_against_complex_reference(dtype: torch.dtype) -> None:
+    """The decode step's RoPE of every head at one position (a matrix product with the cached
+    `RoPE.rotation` in float32/64, `RoPE.rotate` in bfloat16) equals float64 complex
+    rotation; alternating positions and dtypes never reuses a stale rotation."""
+    rope = RoPE(16, base=500.0)
+    x = torch.randn(2, 5, 16).to(dtype)  # (B, heads, D)
+    # the angles are float32 (as HF computes them): ~2e-5 rad off float64's at position 300
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 5e-5, "rtol": 1e-5}
+    for p in (0, 7, 7, 300, 6, 300):
+        for dt in (dtype, torch.float32):
+            xd = x.to(dt)
+            got = rope.rotate_at(xd, p)
+            assert got.dtype == dt and got.shape == x.shape
+            assert_close(got.double(), _rope64(xd.double(), torch.tensor([p]), 500.0), **tol)
+    r = rope.rotation(300, torch.float64, torch.device("cpu"))  # (D, D): cos and signed sin
+    half = torch.arange(8)
+    assert torch.count_nonzero(r) == 32 and torch.equal(r.diagonal(), r[half, half].repeat(2))

@@ -167,3 +167,29 @@ def test_wrong_cache_is_rejected() -> None:
         attn(x, cache=KVCache(1, 8, 2, 16, dtype=torch.bfloat16))
     with pytest.raises(ConfigError, match="max_len must be a positive integer, got 0"):
         KVCache(1, 0, 2, 16)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_append_position_equals_append(window: int | None) -> None:
+    """The decode step's write of one position ``(B, G, D)`` leaves the buffers, the length and
+    the returned views exactly as `append` of the same position ``(B, G, 1, D)`` (a ring past
+    its wrap included), and refuses what `append` refuses, changing nothing."""
+    a, b = KVCache(2, 7, 3, 4, window=window), KVCache(2, 7, 3, 4, window=window)
+    for _ in range(7):
+        k, v = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+        ka, va = a.append(k[:, :, None], v[:, :, None])
+        kb, vb = b.append_position(k, v)
+        assert b.length == a.length and kb.data_ptr() == b.k.data_ptr()
+        for got, want in ((kb, ka), (vb, va), (b.k, a.k), (b.v, a.v)):
+            assert_close(got, want, atol=0, rtol=0)
+    before = b.k.clone()
+    with pytest.raises(CacheOverflowError, match=r"7 cached \+ 1 new = 8 positions > max_len=7"):
+        b.append_position(k, v)
+    b.reset()
+    with pytest.raises(ShapeError, match=r"must both be \(B, G, D\)"):
+        b.append_position(k[:, :, None], v[:, :, None])
+    with pytest.raises(ShapeError, match="cache holds n_kv_heads=3, head_dim=4"):
+        b.append_position(k[:, :2], v[:, :2])
+    with pytest.raises(DTypeError, match="cache dtype is torch.float32"):
+        b.append_position(k.double(), v.double())
+    assert b.length == 0 and torch.equal(b.k, before)

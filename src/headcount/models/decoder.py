@@ -18,6 +18,7 @@ from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
 from headcount.nn import Attention, Linear, RMSNorm, RoPE, key_padding_mask, linear
+from headcount.nn.calls import bare
 
 
 @dataclass
@@ -35,9 +36,9 @@ class SwiGLU(nn.Module):
         self.down = Linear(d_ff, d_model, bias=False, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        gu = self.gate_up(x.flatten(0, -2))  # (B*T, 2F): a 2-D linear dispatches fewer ops
-        d_ff = gu.shape[-1] // 2
-        return self.down(F.silu(gu.narrow(-1, 0, d_ff)) * gu.narrow(-1, d_ff, d_ff)).view(x.shape)
+        mods = self._modules  # a plain dict: nn.Module's attribute lookup costs ~1 µs each
+        gate, up = bare(mods["gate_up"])(x).chunk(2, dim=-1)  # (B, T, F) each
+        return bare(mods["down"])(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -74,22 +75,30 @@ class DecoderLayer(nn.Module):
         positions: Tensor | None,
         return_weights: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        out = self.attn(
-            self.attn_norm(x),
-            causal=True,
-            attention_mask=attention_mask,
-            cache=cache,
-            positions=positions,
-            return_weights=return_weights,
-        )
+        mods = self._modules  # a plain dict: nn.Module's attribute lookup costs ~1 µs each
+        h = bare(mods["attn_norm"])(x)
+        attn = bare(mods["attn"])
+        if attention_mask is None and positions is None and not return_weights:
+            out = attn(h, causal=True, cache=cache)  # fewer keywords: a decode step
+        else:
+            out = attn(
+                h,
+                causal=True,
+                attention_mask=attention_mask,
+                cache=cache,
+                positions=positions,
+                return_weights=return_weights,
+            )
         weights = None
         if return_weights:
             out, weights = out
-        if type(self.post_attn_norm) is nn.Identity:  # Llama: no norms after the blocks
+        post_attn_norm = mods["post_attn_norm"]
+        mlp, mlp_norm = bare(mods["mlp"]), bare(mods["mlp_norm"])
+        if type(post_attn_norm) is nn.Identity:  # Llama: no norms after the blocks
             x = x + out
-            return x + self.mlp(self.mlp_norm(x)), weights
-        x = x + self.post_attn_norm(out)
-        return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x))), weights
+            return x + mlp(mlp_norm(x)), weights
+        x = x + bare(post_attn_norm)(out)
+        return x + bare(mods["post_mlp_norm"])(mlp(mlp_norm(x))), weights
 
 
 class Decoder(TextModel):
@@ -153,15 +162,14 @@ class Decoder(TextModel):
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)[:, past:]  # (B, T)
         x = self.embed_tokens(input_ids)  # (B, T, C)
         attentions: list[Tensor] = []
-        for i, layer in enumerate(self.layers):
-            x, w = layer(
-                x, attention_mask, None if cache is None else cache[i], positions, return_weights
-            )
+        caches = [None] * len(self.layers) if cache is None else cache.layers
+        for layer, layer_cache in zip(self.layers, caches, strict=True):
+            x, w = bare(layer)(x, attention_mask, layer_cache, positions, return_weights)
             if w is not None:
                 attentions.append(w)
-        if last_only:
+        if last_only and T > 1:
             x = x[:, -1:]
-        logits = linear(self.norm(x), self.output_weight)  # (B, T, V)
+        logits = linear(bare(self.norm)(x), self.output_weight)  # (B, T, V)
         return DecoderOutput(logits, tuple(attentions) if return_weights else None)
 
     # ----------------------------------------------------------------------------- generation

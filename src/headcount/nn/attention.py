@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headcount.errors import ConfigError, DTypeError, ShapeError
+from headcount.nn.calls import bare
 from headcount.nn.functional import causal_mask, eager_attention, sdpa_attention
 from headcount.nn.kv_cache import KVCache
 from headcount.nn.linear import Linear
@@ -265,10 +266,11 @@ class Attention(nn.Module):
             and self.weights_hook is None
             and self.backend != "eager"
             and not (self.training and self.dropout)
-            and (self.rope is None or self.rope.rotary_dim == self.head_dim)
             and (cache is None or cache.window == self.window)
         ):
-            return self._step(x, cache)
+            rope = self._modules.get("rope")  # a plain dict: cheaper than nn.Module's lookup
+            if rope is None or rope.rotary_dim == self.head_dim:
+                return self._step(x, cache)
         H, D = self.n_heads, self.head_dim
         if self.window is not None and context is not None:
             raise ConfigError("a sliding window applies to self-attention, not to a context")
@@ -345,31 +347,38 @@ class Attention(nn.Module):
         cached ones, attending to all of them (the causal decode step; `forward` takes this
         path whenever there is no mask, no weights and no explicit positions).
 
-        The fused projection, per-head norms, RoPE on the query and key heads together (rows of
-        the cos/sin table at the cache length), the new key and value written into the cache
-        (KV heads only; a sliding-window layer's ring holds exactly its window), the R query
-        heads of each group folded into query rows against ``(B, G, S, D)`` (`sdpa_attention`;
-        uneven groups: each group padded to max(R) rows, one call), the head gate, ``o_proj``.
+        The fused projection, per-head norms, RoPE on the query and key heads together (one
+        matrix product with the position's `RoPE.rotation`), the new key and value written into
+        the cache (KV heads only; a sliding-window layer's ring holds exactly its window), the R
+        query heads of each group folded into query rows against ``(B, G, S, D)``
+        (`sdpa_attention`; uneven groups: each group padded to max(R) rows, one call), the head
+        gate, ``o_proj``. Submodules are read from ``_modules``, a plain dict: nn.Module's
+        attribute lookup costs about 1 µs each, as much as a small op.
         """
         B = x.shape[0]
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x.view(B, -1)).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
+        mods = self._modules
+        qkv = bare(mods["qkv_proj"])(x).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
         qk, v = qkv.split_with_sizes((H + G, G), dim=1)  # (B, H + G, D), (B, G, D)
-        q_norm, k_norm = self.q_norm, self.k_norm
+        q_norm, k_norm = mods.get("q_norm"), mods.get("k_norm")  # None: never set as modules
         if q_norm is not None or k_norm is not None:
             q, k = qk.split_with_sizes((H, G), dim=1)
             qk = torch.cat(
-                (q if q_norm is None else q_norm(q), k if k_norm is None else k_norm(k)), 1
+                (
+                    q if q_norm is None else bare(q_norm)(q),
+                    k if k_norm is None else bare(k_norm)(k),
+                ),
+                1,
             )
         past = 0 if cache is None else cache.length
-        rope = self.rope
+        rope = mods.get("rope")
         if rope is not None:
-            cos, _, signed_sin = rope.table(past + 1, x.dtype, x.device)
-            qk = rope.rotate(qk, cos.select(0, past), signed_sin.select(0, past))
-        q, k = qk.split_with_sizes((H, G), dim=1)
-        k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, G, 1, D)
+            qk = rope.rotate_at(qk, past)  # type: ignore[operator]
+        q, k = qk.split_with_sizes((H, G), dim=1)  # (B, H, D), (B, G, D)
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, G, S, D): views of the cache
+            k, v = cache.append_position(k, v)  # (B, G, S, D): views of the cache
+        else:
+            k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, G, 1, D)
         if self.uniform_groups:  # the R query heads of a group as R query rows
             y = F.scaled_dot_product_attention(q.view(B, G, H // G, D), k, v, scale=self.scale)
         else:
@@ -382,10 +391,10 @@ class Attention(nn.Module):
                 scale=self.scale,
                 group_sizes=self.group_sizes,
             )  # (B, H, 1, D)
-        gate = self.head_gate
+        gate = self._buffers["head_gate"]
         if gate is not None:
             y = y.reshape(B, H, D) * gate.view(1, H, 1).to(y.dtype)
-        return self.o_proj(y.reshape(B, H * D)).view(B, 1, -1)  # 2-D: fewer ops in linear
+        return bare(mods["o_proj"])(y.reshape(B, 1, H * D))  # (B, 1, C)
 
     def _band(self, qpos: Tensor, k0: int, k1: int) -> Tensor:
         """``(T, S)`` bool: key at absolute position ``k0 .. k1-1`` is at most W-1 before the query."""
@@ -434,7 +443,7 @@ class Attention(nn.Module):
     def _check_input(self, name: str, t: Tensor) -> tuple[int, int]:
         if t.ndim != 3 or t.shape[-1] != self.d_model:
             raise ShapeError(f"{name} must be (B, T, d_model={self.d_model}), got {tuple(t.shape)}")
-        w_dtype = self.qkv_proj.weight.dtype
+        w_dtype = self._modules["qkv_proj"].weight.dtype  # type: ignore[union-attr]
         if t.dtype != w_dtype:
             raise DTypeError(f"{name} is {t.dtype} but the attention weights are {w_dtype}")
         return t.shape[0], t.shape[1]

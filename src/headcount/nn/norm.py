@@ -26,7 +26,7 @@ def rms_normalize(x: Tensor, eps: float) -> Tensor:
     if x.dtype in (torch.bfloat16, torch.float16):
         x = x.float()
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # sqrt(sum x^2)
-    return x * torch.rsqrt(torch.addcmul(_eps(eps, x.device), n, n, value=1.0 / x.shape[-1]))
+    return x * torch.addcmul(_eps(eps, x.device), n, n, value=1.0 / x.shape[-1]).rsqrt_()
 
 
 class RMSNorm(nn.RMSNorm):
@@ -38,4 +38,5 @@ class RMSNorm(nn.RMSNorm):
         h = rms_normalize(x, eps)
         if h.dtype != x.dtype:
             h = h.to(x.dtype)
-        return h if self.weight is None else self.weight * h
+        weight = self._parameters["weight"]  # a plain dict: cheaper than nn.Module's lookup
+        return h if weight is None else weight * h

@@ -38,6 +38,8 @@ class RoPE(nn.Module):
         self.inv_freq = inv_freq.float()
         # dtype -> (cos, sin, signed sin) by position; see `table`
         self._tables: dict[torch.dtype, tuple[Tensor, Tensor, Tensor]] = {}
+        # dtype -> (position, rotation matrix) of the last position asked; see `rotation`
+        self._rotations: dict[torch.dtype, tuple[int, Tensor]] = {}
 
     def table(
         self, n: int, dtype: torch.dtype, device: torch.device
@@ -45,16 +47,21 @@ class RoPE(nn.Module):
         """cos, sin and the signed sin ``[-sin_1 | sin_2]`` of positions ``0 .. >= n-1``, each
         ``(>= n, rotary_dim)``: a table that grows on demand (every layer asks for the same
         positions). Entries are ``cos(float32(pos) * inv_freq)`` computed in float32, exactly as
-        HuggingFace computes them per call, so results are bit-identical to that."""
+        HuggingFace computes them per call, so results are bit-identical to that.
+
+        Built outside inference mode even when asked inside it: a table first built while
+        decoding under ``torch.inference_mode()`` must still serve a forward that autograd
+        records (inference tensors cannot be saved for backward)."""
         table = self._tables.get(dtype)
         if table is None or table[0].shape[0] < n or table[0].device != device:
             n = max(n, 2 * table[0].shape[0] if table is not None else 256)
-            pos = torch.arange(n, device=device, dtype=torch.float32)
-            freqs = pos[:, None] * self.inv_freq.to(device)  # (n, rotary_dim/2)
-            emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
-            cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-            half = self.rotary_dim // 2
-            table = (cos, sin, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
+            with torch.inference_mode(False):
+                pos = torch.arange(n, device=device, dtype=torch.float32)
+                freqs = pos[:, None] * self.inv_freq.to(device)  # (n, rotary_dim/2)
+                emb = torch.cat((freqs, freqs), dim=-1)  # (n, rotary_dim)
+                cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+                half = self.rotary_dim // 2
+                table = (cos, sin, torch.cat((-sin[:, :half], sin[:, half:]), dim=-1))
             self._tables[dtype] = table
         return table
 
@@ -86,11 +93,40 @@ class RoPE(nn.Module):
     def rotate(self, x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
         """``x (..., D)`` rotated by ``cos`` and ``signed_sin`` rows of `table` broadcast to it,
         every dim of ``x`` (``rotary_dim`` of them): ``x * cos + swap_halves(x) *
-        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``. The decode
-        step's RoPE: four ops for any number of heads."""
-        D = x.shape[-1]
-        swapped = x.unflatten(-1, (2, D // 2)).flip(-2).flatten(-2)  # [x2 | x1]
-        return x * cos + swapped * signed_sin
+        signed_sin``, which equals rotate-half's ``x * cos + rotate_half(x) * sin``, rounded
+        after each op as HuggingFace's is (bfloat16 results equal theirs bit for bit; one
+        ``addcmul`` would round the sum once and differ in the last bit). Four ops for any
+        number of heads (``roll`` by D/2 swaps the halves: ``[x2 | x1]``)."""
+        return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
+
+    def rotation(self, position: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(D, D)``: the rotation of one position as a matrix, ``x @ R == rotate(x, cos[p],
+        signed_sin[p])`` (to rounding): ``R[i, i] = cos_i``, ``R[(i + D/2) % D, i] =
+        signed_sin_i``. Kept for the last position asked (every layer of a decode step asks for
+        the same one), so a step's RoPE is one matrix product per layer. Needs ``rotary_dim ==
+        head_dim``."""
+        last = self._rotations.get(dtype)
+        if last is not None and last[0] == position and last[1].device == device:
+            return last[1]
+        cos, _, signed_sin = self.table(position + 1, dtype, device)
+        D = self.rotary_dim
+        with torch.inference_mode(False):  # like the table: usable where autograd records
+            r = torch.diag(cos[position]) + torch.diag(signed_sin[position]).roll(D // 2, 0)
+        self._rotations[dtype] = (position, r)
+        return r  # (D, D)
+
+    def rotate_at(self, x: Tensor, position: int) -> Tensor:
+        """``x (..., D)`` rotated at one absolute ``position`` (the decode step's RoPE, all heads
+        at once). float32/float64: one matrix product with `rotation`; bfloat16/float16 (whose
+        matrix products are slow on CPUs without half units, and round differently): `rotate`. Needs ``rotary_dim ==
+        head_dim``."""
+        if x.dtype in (torch.float32, torch.float64):
+            r = self.rotation(position, x.dtype, x.device)
+            # an explicit 2-D mm: torch.matmul takes its batched path (13 ops) for the heads of a
+            # split, whose batch stride is the whole fused projection's row
+            return torch.mm(x.reshape(-1, x.shape[-1]), r).view(x.shape)
+        cos, _, signed_sin = self.table(position + 1, x.dtype, x.device)
+        return self.rotate(x, cos.select(0, position), signed_sin.select(0, position))
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x (B, N, T, D)`` at absolute ``positions`` of shape ``(T,)`` or ``(B, T)``."""
