@@ -32,7 +32,7 @@ namespace {
 
 constexpr int GROUP_BYTES = 80;  // 4 Q4_1x blocks
 #ifndef HC_PREFETCH
-#define HC_PREFETCH 1024
+#define HC_PREFETCH 4096
 #endif
 constexpr int PREFETCH = HC_PREFETCH;  // bytes ahead of the group being read
 
