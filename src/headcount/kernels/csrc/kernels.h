@@ -45,6 +45,11 @@ void dequant_q4x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1
 void dequant_q8x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 void q4x_from_q4_1(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1);
 void q8x_from_q8_0(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1);
+// RMSNorm of rows r0..r1 of x (rows, C) into y, times w (C,) unless null (norm.cpp)
+void rms_norm_f32(const float *x, const float *w, float eps, int64_t C, float *y, int64_t r0,
+                  int64_t r1);
+void rms_norm_bf16(const uint16_t *x, const uint16_t *w, float eps, int64_t C, uint16_t *y,
+                   int64_t r0, int64_t r1);
 // rows n0..n1 of w dequantised into out (N, K) float32, equal to gguf.quants.dequantize
 void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 

@@ -157,6 +157,38 @@ void dequant_q(const Tensor &w, int64_t qtype, int64_t K, Tensor out) {
     });
 }
 
+// RMSNorm over the last dim (norm.cpp): float32 or bfloat16 x, a weight of its dtype or none
+Tensor rms_norm(const Tensor &x, const std::optional<Tensor> &weight, double eps) {
+    TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1 && x.size(-1) > 0,
+                "rms_norm: a CPU tensor (..., C) with C > 0, got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                "rms_norm: float32 or bfloat16 input, got ", x.scalar_type());
+    const int64_t C = x.size(-1);
+    if (weight.has_value())
+        TORCH_CHECK(weight->device().is_cpu() && weight->dim() == 1 && weight->size(0) == C &&
+                        weight->scalar_type() == x.scalar_type() && weight->is_contiguous(),
+                    "rms_norm: the weight must be a contiguous (", C, ",) tensor of the input's dtype");
+    Tensor xc = x.contiguous();
+    Tensor y = at::empty_like(xc);
+    const int64_t R = xc.numel() / C;
+    const float e = (float)eps;
+    if (x.scalar_type() == at::kFloat) {
+        const float *xp = xc.data_ptr<float>(), *wp = weight ? weight->data_ptr<float>() : nullptr;
+        float *yp = y.data_ptr<float>();
+        at::parallel_for(0, R, grain(C), [&](int64_t r0, int64_t r1) {
+            hc::rms_norm_f32(xp, wp, e, C, yp, r0, r1);
+        });
+    } else {
+        const auto *xp = reinterpret_cast<const uint16_t *>(xc.data_ptr());
+        const auto *wp = weight ? reinterpret_cast<const uint16_t *>(weight->data_ptr()) : nullptr;
+        auto *yp = reinterpret_cast<uint16_t *>(y.data_ptr());
+        at::parallel_for(0, R, grain(C), [&](int64_t r0, int64_t r1) {
+            hc::rms_norm_bf16(xp, wp, e, C, yp, r0, r1);
+        });
+    }
+    return y;
+}
+
 Tensor gemv_meta(const Tensor &x, const Tensor &w, const std::optional<Tensor> &) {
     return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
 }
@@ -165,6 +197,9 @@ Tensor gemv_q_meta(const Tensor &x, const Tensor &w, int64_t, int64_t) {
 }
 void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
 Tensor regroup_meta(const Tensor &w, int64_t, int64_t) { return at::empty_like(w); }
+Tensor rms_norm_meta(const Tensor &x, const std::optional<Tensor> &, double) {
+    return at::empty_like(x, at::MemoryFormat::Contiguous);
+}
 
 }  // namespace
 
@@ -174,6 +209,7 @@ TORCH_LIBRARY(headcount, m) {
     m.def("gemv_q8a(Tensor x, Tensor w, int qtype, int k) -> Tensor");
     m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
     m.def("regroup(Tensor w, int qtype, int k) -> Tensor");
+    m.def("rms_norm(Tensor x, Tensor? weight, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(headcount, CPU, m) {
@@ -182,6 +218,7 @@ TORCH_LIBRARY_IMPL(headcount, CPU, m) {
     m.impl("gemv_q8a", &gemv_q8a);
     m.impl("dequant_q", &dequant_q);
     m.impl("regroup", &regroup);
+    m.impl("rms_norm", &rms_norm);
 }
 
 TORCH_LIBRARY_IMPL(headcount, Meta, m) {
@@ -190,4 +227,5 @@ TORCH_LIBRARY_IMPL(headcount, Meta, m) {
     m.impl("gemv_q8a", &gemv_q_meta);
     m.impl("dequant_q", &dequant_q_meta);
     m.impl("regroup", &regroup_meta);
+    m.impl("rms_norm", &rms_norm_meta);
 }
