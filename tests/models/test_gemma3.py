@@ -105,7 +105,12 @@ def test_ring_caches_prefill_and_decode_equal_full_pass(
         full = gemma3(ids).logits
         steps = [gemma3(ids[:, :500], cache=cache).logits]
         steps += [gemma3(ids[:, t : t + 1], cache=cache).logits for t in range(500, 560)]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=2e-4, rtol=1e-4)
+    steps_t = torch.cat(steps, 1)
+    # the one-position steps run the packed GEMVs, whose Q8_0 segments (regrouped as Q8_0x) take
+    # int16-rounded inputs; the full pass dequantises: they differ by that rounding (~1e-3 here;
+    # HEADCOUNT_PACKED_ACT=float gives 2e-4), and rank the tokens the same
+    torch.testing.assert_close(steps_t, full, atol=5e-3, rtol=1e-3)
+    assert torch.equal(steps_t.argmax(-1), full.argmax(-1))
     assert cache.length == 560 and all(c.held == 512 for c in sliding)
 
 
