@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from headcount.errors import ConfigError, ShapeError
 from headcount.models.base import is_id_dtype
+from headcount.nn import linear
 
 if TYPE_CHECKING:
     from headcount.models.decoder import Decoder
@@ -452,13 +453,12 @@ class _FloatGemm(TorchFunctionMode):
                 and not isinstance(w, Int8Weight)
                 and w.dtype in (torch.bfloat16, torch.float16)
                 and x.dtype == w.dtype
-            ):
-                if x.numel() > kernels.MAX_ROWS * w.shape[1]:  # prefill: a float32 GEMM
-                    bias = None if b is None else b.float()
-                    return F.linear(x.float(), w.float(), bias).to(x.dtype)
-                if w.dtype == torch.bfloat16 and kernels.available():  # decode: the GEMV kernel
-                    y = kernels.gemv(x, w)
-                    return y if b is None else y + b
+                and x.numel() > kernels.MAX_ROWS * w.shape[1]
+            ):  # prefill: a float32 GEMM
+                bias = None if b is None else b.float()
+                return F.linear(x.float(), w.float(), bias).to(x.dtype)
+            # decode rows: `headcount.nn.linear` (the model's own Linear path) picks the kernel
+            return linear(x, w, b)
         return func(*args, **kwargs)
 
 
@@ -466,8 +466,8 @@ def half_gemm_as_float(dtype: torch.dtype) -> contextlib.AbstractContextManager[
     """Inside: on a CPU without native bfloat16 (AVX-512 BF16/AMX), where oneDNN's bfloat16
     matrix products are ~10x slower than float32's, ``F.linear`` on bfloat16/float16 inputs of
     more than `kernels.MAX_ROWS` rows widens weight and input to float32 and rounds the result
-    back, and bfloat16 inputs of fewer rows (decoding) go through the compiled GEMV kernel when
-    it is available. All accumulate in float32, so results agree to rounding. A no-op for
+    back; fewer rows (decoding) take `headcount.nn.linear`, which sends bfloat16 ones to the
+    compiled GEMV kernel on every CPU. All accumulate in float32, so results agree to rounding. A no-op for
     float32 models and on CPUs with bfloat16 units. `generate` decodes inside it."""
     if dtype not in (torch.bfloat16, torch.float16) or _native_half():
         return contextlib.nullcontext()

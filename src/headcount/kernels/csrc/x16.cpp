@@ -303,96 +303,82 @@ void gemv_x16(int64_t qtype, const void *prepared, int64_t M, int64_t K, const u
     if (qtype == Q8_0X) return gemv_x<Q8X>(p, M, K, w, y, N, n0, n1);
 }
 
-void dequant_q4x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1) {
-    const int64_t nb = K / 32, row_bytes = nb * 20;
-    const __m128i lo4 = _mm_set1_epi16(0x0F);
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *wr = w + n * row_bytes;
-        float *o = out + n * K;
+namespace {
+// Walk rows n0..n1 of K values in groups of 4 blocks of 32 (a short last group):
+// f(n, g, blocks, bb) for block bb of group g, which holds `blocks` blocks. The four row
+// converters below differ only in what they do with one block.
+template <class Fn>
+void each_block(int64_t K, int64_t n0, int64_t n1, Fn f) {
+    const int64_t nb = K / 32;
+    for (int64_t n = n0; n < n1; n++)
         for (int64_t g = 0; g * 4 < nb; g++) {
             const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
-            const uint8_t *words = wr + GROUP_BYTES * g, *dp = words + 16 * blocks;
-            for (int64_t bb = 0; bb < blocks; bb++) {
-                // d * q + m rounded twice (a multiply, then an add: -ffp-contract=off), as gguf
-                const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));
-                const __m256 m = _mm256_set1_ps(fp16(dp + 2 * blocks + 2 * bb));
-                const __m128i wv = load16(words + 16 * bb);  // words 8bb..8bb+7 of the group
-                float *ob = o + 128 * g + 32 * bb;
-                for (int j = 0; j < 4; j++) {  // nibble j of the 8 words: values 8j..8j+7
-                    const __m128i q = _mm_and_si128(_mm_srl_epi16(wv, _mm_cvtsi32_si128(4 * j)), lo4);
-                    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(q));
-                    _mm256_storeu_ps(ob + 8 * j, _mm256_add_ps(_mm256_mul_ps(d, f), m));
-                }
-            }
+            for (int64_t bb = 0; bb < blocks; bb++) f(n, g, blocks, bb);
         }
-    }
+}
+}  // namespace
+
+void dequant_q4x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1) {
+    const int64_t row_bytes = K / 32 * 20;
+    const __m128i lo4 = _mm_set1_epi16(0x0F);
+    each_block(K, n0, n1, [&](int64_t n, int64_t g, int64_t blocks, int64_t bb) {
+        const uint8_t *words = w + n * row_bytes + GROUP_BYTES * g, *dp = words + 16 * blocks;
+        // d * q + m rounded twice (a multiply, then an add: -ffp-contract=off), as gguf does
+        const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));
+        const __m256 m = _mm256_set1_ps(fp16(dp + 2 * blocks + 2 * bb));
+        const __m128i wv = load16(words + 16 * bb);  // words 8bb..8bb+7 of the group
+        float *ob = out + n * K + 128 * g + 32 * bb;
+        for (int j = 0; j < 4; j++) {  // nibble j of the 8 words: values 8j..8j+7
+            const __m128i q = _mm_and_si128(_mm_srl_epi16(wv, _mm_cvtsi32_si128(4 * j)), lo4);
+            const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(q));
+            _mm256_storeu_ps(ob + 8 * j, _mm256_add_ps(_mm256_mul_ps(d, f), m));
+        }
+    });
 }
 
 // GGUF Q4_1 rows -> Q4_1x rows (the same bytes regrouped)
 void q4x_from_q4_1(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1) {
-    const int64_t nb = K / 32, row_bytes = nb * 20;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *s = src + n * row_bytes;
-        uint8_t *t = dst + n * row_bytes;
-        for (int64_t g = 0; g * 4 < nb; g++) {
-            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
-            uint8_t *words = t + GROUP_BYTES * g, *dp = words + 16 * blocks;
-            for (int64_t bb = 0; bb < blocks; bb++) {
-                const uint8_t *blk = s + 20 * (4 * g + bb);
-                memcpy(dp + 2 * bb, blk, 2);               // d
-                memcpy(dp + 2 * blocks + 2 * bb, blk + 2, 2);  // m
-                for (int w = 0; w < 8; w++) {
-                    uint16_t word = 0;
-                    for (int j = 0; j < 4; j++) {  // value 8j + w: GGUF keeps value i < 16 in the
-                        const int i = 8 * j + w;   // low nibble of byte i, i >= 16 in the high one
-                        const int q = i < 16 ? blk[4 + i] & 0xF : blk[4 + i - 16] >> 4;
-                        word |= (uint16_t)(q << (4 * j));
-                    }
-                    memcpy(words + 2 * (8 * bb + w), &word, 2);
-                }
+    const int64_t row_bytes = K / 32 * 20;
+    each_block(K, n0, n1, [&](int64_t n, int64_t g, int64_t blocks, int64_t bb) {
+        const uint8_t *blk = src + n * row_bytes + 20 * (4 * g + bb);
+        uint8_t *words = dst + n * row_bytes + GROUP_BYTES * g, *dp = words + 16 * blocks;
+        memcpy(dp + 2 * bb, blk, 2);                   // d
+        memcpy(dp + 2 * blocks + 2 * bb, blk + 2, 2);  // m
+        for (int w = 0; w < 8; w++) {
+            uint16_t word = 0;
+            for (int j = 0; j < 4; j++) {  // value 8j + w: GGUF keeps value i < 16 in the low
+                const int i = 8 * j + w;   // nibble of byte i, i >= 16 in the high one
+                const int q = i < 16 ? blk[4 + i] & 0xF : blk[4 + i - 16] >> 4;
+                word |= (uint16_t)(q << (4 * j));
             }
+            memcpy(words + 2 * (8 * bb + w), &word, 2);
         }
-    }
+    });
 }
 
 void dequant_q8x(const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1) {
-    const int64_t nb = K / 32, row_bytes = nb * 34;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *wr = w + n * row_bytes;
-        float *o = out + n * K;
-        for (int64_t g = 0; g * 4 < nb; g++) {
-            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
-            const uint8_t *slabs = wr + 136 * g, *dp = slabs + 32 * blocks;
-            for (int64_t bb = 0; bb < blocks; bb++) {
-                const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));  // d * q, as gguf computes it
-                float *ob = o + 128 * g + 32 * bb;
-                for (int j = 0; j < 4; j++) {  // slab j, bytes 8bb..8bb+7: values 8j..8j+7
-                    const __m128i q = _mm_loadl_epi64((const __m128i *)(slabs + 8 * blocks * j + 8 * bb));
-                    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-                    _mm256_storeu_ps(ob + 8 * j, _mm256_mul_ps(d, f));
-                }
-            }
+    const int64_t row_bytes = K / 32 * 34;
+    each_block(K, n0, n1, [&](int64_t n, int64_t g, int64_t blocks, int64_t bb) {
+        const uint8_t *slabs = w + n * row_bytes + 136 * g, *dp = slabs + 32 * blocks;
+        const __m256 d = _mm256_set1_ps(fp16(dp + 2 * bb));  // d * q, as gguf computes it
+        float *ob = out + n * K + 128 * g + 32 * bb;
+        for (int j = 0; j < 4; j++) {  // slab j, bytes 8bb..8bb+7: values 8j..8j+7
+            const __m128i q = _mm_loadl_epi64((const __m128i *)(slabs + 8 * blocks * j + 8 * bb));
+            _mm256_storeu_ps(ob + 8 * j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
         }
-    }
+    });
 }
 
 // GGUF Q8_0 rows -> Q8_0x rows (the same bytes regrouped): per group of 4 blocks, slab j holds
 // values 8j..8j+7 of each block in turn (8 bytes a block), then the blocks' d
 void q8x_from_q8_0(const uint8_t *src, int64_t K, uint8_t *dst, int64_t n0, int64_t n1) {
-    const int64_t nb = K / 32, row_bytes = nb * 34;
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *s = src + n * row_bytes;
-        uint8_t *t = dst + n * row_bytes;
-        for (int64_t g = 0; g * 4 < nb; g++) {
-            const int64_t blocks = nb - 4 * g < 4 ? nb - 4 * g : 4;
-            uint8_t *slabs = t + 136 * g, *dp = slabs + 32 * blocks;
-            for (int64_t bb = 0; bb < blocks; bb++) {
-                const uint8_t *blk = s + 34 * (4 * g + bb);
-                memcpy(dp + 2 * bb, blk, 2);  // d
-                for (int j = 0; j < 4; j++) memcpy(slabs + 8 * blocks * j + 8 * bb, blk + 2 + 8 * j, 8);
-            }
-        }
-    }
+    const int64_t row_bytes = K / 32 * 34;
+    each_block(K, n0, n1, [&](int64_t n, int64_t g, int64_t blocks, int64_t bb) {
+        const uint8_t *blk = src + n * row_bytes + 34 * (4 * g + bb);
+        uint8_t *slabs = dst + n * row_bytes + 136 * g, *dp = slabs + 32 * blocks;
+        memcpy(dp + 2 * bb, blk, 2);  // d
+        for (int j = 0; j < 4; j++) memcpy(slabs + 8 * blocks * j + 8 * bb, blk + 2 + 8 * j, 8);
+    });
 }
 
 }  // namespace hc
