@@ -233,13 +233,16 @@ def test_equal_length_batch_takes_the_lean_branch(monkeypatch: pytest.MonkeyPatc
 def test_bfloat16_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a CPU without bfloat16 arithmetic: prefill as float32 GEMMs, decode steps through
     the GEMV kernel when it is available; logits equal the plain bfloat16 forward's to bf16
-    rounding."""
+    rounding, and are as close to the float64 model's as that forward's are."""
     from headcount.models import kernels
 
-    model = _tiny().to(torch.bfloat16)
+    model = _tiny()
     prompt = list(range(3, 40))  # more rows than kernels.MAX_ROWS
+    ids = torch.tensor([[*prompt, 41, 42]])
     with torch.inference_mode():
-        ref = model(torch.tensor([[*prompt, 41, 42]])).logits[0, len(prompt) - 1 :]
+        ref64 = copy.deepcopy(model).double()(ids).logits[0, len(prompt) - 1 :]
+        model = model.to(torch.bfloat16)
+        ref = model(ids).logits[0, len(prompt) - 1 :]
     monkeypatch.setattr(generation, "_native_half", lambda: False)
     floats: list[int] = []
     real_float = torch.Tensor.float
@@ -260,7 +263,11 @@ def test_bfloat16_without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
     assert bool(gemv) == kernels.available()  # decode steps: the GEMV kernel
     out = torch.cat(got)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.03)
+    # decode steps round differently from the full forward (a fused attention kernel sums in
+    # float32 once): within two bfloat16 ulps of these logits (|logit| < 16: ulp 0.0625)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0.02, atol=0.13)
+    err = (out.double() - ref64).abs().mean(-1)  # per position, vs float64
+    assert (err <= 1.1 * (ref.double() - ref64).abs().mean(-1) + 1e-3).all()
 
 
 @pytest.mark.model

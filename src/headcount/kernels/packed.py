@@ -296,10 +296,8 @@ class PackedLinear(nn.Module):
             and not (x.requires_grad and torch.is_grad_enabled())
             and kernels.available()
         ):
-            qtype, blocks, K, N = fast
-            y = kernels.packed_op(qtype)(x.reshape(-1, K), blocks, qtype, K)
-            if x.dim() != 2:
-                y = y.view(*x.shape[:-1], N)
+            qtype, blocks, K, _ = fast
+            y = kernels.packed_op(qtype)(x, blocks, qtype, K)  # (..., K) -> (..., N)
             if y.dtype != x.dtype:
                 y = y.to(x.dtype)
             return y + self.bias if self._has_bias else y

@@ -10,15 +10,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headcount import kernels
 from headcount.errors import ShapeError
 from headcount.loaders.config import DecoderConfig
 from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
 from headcount.nn import Attention, Linear, RMSNorm, RoPE, key_padding_mask, linear
 from headcount.nn.calls import bare
+
+
+_FUSED = (torch.float32, torch.bfloat16)  # dtypes of headcount::silu_mul
 
 
 @dataclass
@@ -37,7 +42,15 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         mods = self._modules  # a plain dict: nn.Module's attribute lookup costs ~1 µs each
-        gate, up = bare(mods["gate_up"])(x).chunk(2, dim=-1)  # (B, T, F) each
+        h = bare(mods["gate_up"])(x)  # (B, T, 2F)
+        if (
+            h.dtype in _FUSED
+            and h.device.type == "cpu"
+            and not (torch.is_grad_enabled() and h.requires_grad)
+            and kernels.available()
+        ):
+            return bare(mods["down"])(torch.ops.headcount.silu_mul(h))  # one op for the three
+        gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
         return bare(mods["down"])(F.silu(gate) * up)
 
 

@@ -199,6 +199,28 @@ class KVCache(nn.Module):
         held = end if end < slots else slots
         return kb.narrow(2, 0, held), vb.narrow(2, 0, held)
 
+    def take_position(self, B: int, G: int, D: int, dtype: torch.dtype) -> tuple[int, int] | None:
+        """Claim the next position for a kernel that writes it itself (one decode step of
+        ``(B, G, D)`` keys and values, ``headcount::decode_attention``): returns ``(slot,
+        held)`` (the slot to write, the slots to attend to afterwards) and counts the position,
+        or None, changing nothing, when it does not fit or the shapes differ (`append_position`
+        then raises, naming the problem)."""
+        kb = self._buffers["k"]  # plain dict: no nn.Module lookup
+        assert kb is not None
+        length = self.length
+        if (
+            length >= self._max_len
+            or kb.shape[0] != B
+            or kb.shape[1] != G
+            or kb.shape[3] != D
+            or kb.dtype != dtype
+        ):
+            return None
+        slots = kb.shape[2]
+        end = length + 1
+        object.__setattr__(self, "length", end)  # what nn.Module.__setattr__ would store
+        return length % slots, (end if end < slots else slots)
+
     def extra_repr(self) -> str:
         return (
             f"batch_size={self.batch_size}, max_len={self.max_len}, n_kv_heads={self.n_kv_heads}, "

@@ -32,8 +32,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and kernels.available()
     ):
-        y = torch.ops.headcount.gemv(x.reshape(-1, K), weight, None)  # float32 sums
-        y = y.to(torch.bfloat16).view(*x.shape[:-1], weight.shape[0])
+        y = torch.ops.headcount.gemv(x, weight, None).to(torch.bfloat16)  # float32 sums
         return y if bias is None else y + bias
     return F.linear(x, weight, bias)
 

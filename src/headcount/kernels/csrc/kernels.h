@@ -50,6 +50,24 @@ void rms_norm_f32(const float *x, const float *w, float eps, int64_t C, float *y
                   int64_t r1);
 void rms_norm_bf16(const uint16_t *x, const uint16_t *w, float eps, int64_t C, uint16_t *y,
                    int64_t r0, int64_t r1);
+// One decode step of attention (attention.cpp) for units u0..u1 of (row b, KV head g), u = b*G + g:
+// qkv (B, H + 2G, D) rows of [query heads | key heads | value heads] (strides in elements; the
+// last dim contiguous); cos / ss (D) the position's RoPE cos and signed sin, or null for none;
+// the caches (B, G, slots, D) get the new key and value at `slot`, and the first `held` slots are
+// attended to; y (B, H, D) contiguous; query heads group_off[g] .. group_off[g+1]-1 use KV head g
+struct AttnStep {
+    int64_t H, G, D, qkv_b, qkv_h, c_b, c_g, c_s, slot, held;
+    float scale;
+    const int64_t *group_off;  // G + 1 offsets
+};
+void decode_attention_f32(const AttnStep &a, const float *qkv, const float *cos, const float *ss,
+                          float *kc, float *vc, float *y, int64_t u0, int64_t u1);
+void decode_attention_bf16(const AttnStep &a, const uint16_t *qkv, const uint16_t *cos,
+                           const uint16_t *ss, uint16_t *kc, uint16_t *vc, uint16_t *y, int64_t u0,
+                           int64_t u1);
+// rows r0..r1 of x (rows, 2F) = [gate | up] -> y (rows, F) = silu(gate) * up (pointwise.cpp)
+void silu_mul_f32(const float *x, int64_t F, float *y, int64_t r0, int64_t r1);
+void silu_mul_bf16(const uint16_t *x, int64_t F, uint16_t *y, int64_t r0, int64_t r1);
 // rows n0..n1 of w dequantised into out (N, K) float32, equal to gguf.quants.dequantize
 void dequant_q(int64_t qtype, const uint8_t *w, int64_t K, float *out, int64_t n0, int64_t n1);
 

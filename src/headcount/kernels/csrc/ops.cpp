@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <vector>
 
 #include "kernels.h"
 
@@ -18,12 +19,21 @@ using at::Tensor;
 // rows per thread task: at least ~64K weights, so small matrices stay on one thread
 int64_t grain(int64_t K) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(K, 1)); }
 
+// x (..., K): the GEMV ops take any leading dims (rows M = their product) and give (..., N), so
+// a decode step's (B, 1, K) needs no reshape around the call
 void check_input(const Tensor &x, int64_t K) {
     TORCH_CHECK(x.device().is_cpu(), "headcount kernels: input must be on the CPU");
-    TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "headcount kernels: input must be (M, ", K,
+    TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "headcount kernels: input must be (..., ", K,
                 "), got ", x.sizes());
     TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                 "headcount kernels: input must be float32 or bfloat16, got ", x.scalar_type());
+}
+
+int64_t rows(const Tensor &x) { return x.size(-1) ? x.numel() / x.size(-1) : 0; }
+std::vector<int64_t> out_sizes(const Tensor &x, int64_t N) {
+    std::vector<int64_t> s(x.sizes().begin(), x.sizes().end());
+    s.back() = N;
+    return s;
 }
 
 Tensor gemv(const Tensor &x, const Tensor &w, const std::optional<Tensor> &scale) {
@@ -31,8 +41,8 @@ Tensor gemv(const Tensor &x, const Tensor &w, const std::optional<Tensor> &scale
                 "gemv: the weight must be a contiguous (N, K) CPU tensor, got ", w.sizes());
     const int64_t N = w.size(0), K = w.size(1);
     check_input(x, K);
-    const int64_t M = x.size(0);
-    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    const int64_t M = rows(x);
+    Tensor y = at::empty(out_sizes(x, N), x.options().dtype(at::kFloat));
     float *yp = y.data_ptr<float>();
     const auto wt = w.scalar_type();
     if (wt == at::kBFloat16 && x.scalar_type() == at::kBFloat16) {
@@ -86,9 +96,9 @@ void check_packed(const Tensor &w, int64_t qtype, int64_t K) {
 Tensor gemv_q(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     check_packed(w, qtype, K);
     check_input(x, K);
-    const int64_t M = x.size(0), N = w.size(0);
+    const int64_t M = rows(x), N = w.size(0);
     Tensor xf = x.to(at::kFloat).contiguous();
-    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    Tensor y = at::empty(out_sizes(x, N), x.options().dtype(at::kFloat));
     const float *xp = xf.data_ptr<float>();
     const uint8_t *wp = w.data_ptr<uint8_t>();
     float *yp = y.data_ptr<float>();
@@ -128,13 +138,13 @@ Tensor gemv_q8a(const Tensor &x, const Tensor &w, int64_t qtype, int64_t K) {
     check_input(x, K);
     TORCH_CHECK(hc::qtype_int8_activations(qtype),
                 "gemv_q8a: int8 activations serve Q4_0, Q4_1 and Q8_0, not type ", qtype);
-    const int64_t M = x.size(0), N = w.size(0), ng = K / 32;
+    const int64_t M = rows(x), N = w.size(0), ng = K / 32;
     Tensor xf = x.to(at::kFloat).contiguous();
     Tensor xq = at::empty({M, K}, x.options().dtype(at::kChar));
     Tensor sc = at::empty({2, M, ng}, x.options().dtype(at::kFloat));
     float *dx = sc.data_ptr<float>(), *xs = dx + M * ng;
     hc::quantize_rows(xf.data_ptr<float>(), M, K, xq.data_ptr<int8_t>(), dx, xs);
-    Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    Tensor y = at::empty(out_sizes(x, N), x.options().dtype(at::kFloat));
     const int8_t *xqp = xq.data_ptr<int8_t>();
     const uint8_t *wp = w.data_ptr<uint8_t>();
     float *yp = y.data_ptr<float>();
@@ -189,11 +199,37 @@ Tensor rms_norm(const Tensor &x, const std::optional<Tensor> &weight, double eps
     return y;
 }
 
+// SwiGLU's gate (pointwise.cpp): x (..., 2F) = [gate | up] -> silu(gate) * up (..., F)
+Tensor silu_mul(const Tensor &x) {
+    TORCH_CHECK(x.device().is_cpu() && x.dim() >= 1 && x.size(-1) % 2 == 0,
+                "silu_mul: a CPU tensor (..., 2F), got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                "silu_mul: float32 or bfloat16 input, got ", x.scalar_type());
+    const int64_t F = x.size(-1) / 2, R = rows(x);
+    Tensor xc = x.contiguous();
+    Tensor y = at::empty(out_sizes(x, F), x.options());
+    if (x.scalar_type() == at::kFloat) {
+        const float *xp = xc.data_ptr<float>();
+        float *yp = y.data_ptr<float>();
+        at::parallel_for(0, R, grain(F * 8), [&](int64_t r0, int64_t r1) {
+            hc::silu_mul_f32(xp, F, yp, r0, r1);
+        });
+    } else {
+        const auto *xp = reinterpret_cast<const uint16_t *>(xc.data_ptr());
+        auto *yp = reinterpret_cast<uint16_t *>(y.data_ptr());
+        at::parallel_for(0, R, grain(F * 8), [&](int64_t r0, int64_t r1) {
+            hc::silu_mul_bf16(xp, F, yp, r0, r1);
+        });
+    }
+    return y;
+}
+Tensor silu_mul_meta(const Tensor &x) { return at::empty(out_sizes(x, x.size(-1) / 2), x.options()); }
+
 Tensor gemv_meta(const Tensor &x, const Tensor &w, const std::optional<Tensor> &) {
-    return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
+    return at::empty(out_sizes(x, w.size(0)), x.options().dtype(at::kFloat));
 }
 Tensor gemv_q_meta(const Tensor &x, const Tensor &w, int64_t, int64_t) {
-    return at::empty({x.size(0), w.size(0)}, x.options().dtype(at::kFloat));
+    return at::empty(out_sizes(x, w.size(0)), x.options().dtype(at::kFloat));
 }
 void dequant_q_meta(const Tensor &, int64_t, int64_t, Tensor) {}
 Tensor regroup_meta(const Tensor &w, int64_t, int64_t) { return at::empty_like(w); }
@@ -201,6 +237,82 @@ Tensor rms_norm_meta(const Tensor &x, const std::optional<Tensor> &, double) {
     return at::empty_like(x, at::MemoryFormat::Contiguous);
 }
 
+
+// One decode step of attention (attention.cpp; the math of headcount.nn.Attention._step): qkv
+// (B, H + 2G, D) of one new position per row, RoPE's cos / signed sin tables (P, D) and the
+// row of the new position (or no tables: no RoPE),
+// the caches (B, G, slots, D) written at `slot` and read over their first `held` slots; returns
+// y (B, 1, H * D), ready for o_proj
+Tensor decode_attention(const Tensor &qkv, const std::optional<Tensor> &cos,
+                        const std::optional<Tensor> &ss, int64_t position, Tensor k_cache,
+                        Tensor v_cache, int64_t slot, int64_t held, double scale,
+                        at::IntArrayRef group_sizes) {
+    const auto dt = qkv.scalar_type();
+    TORCH_CHECK(qkv.device().is_cpu() && qkv.dim() == 3 && qkv.stride(2) == 1 &&
+                    (dt == at::kFloat || dt == at::kBFloat16),
+                "decode_attention: qkv must be a float32 or bfloat16 CPU (B, H + 2G, D) tensor "
+                "with a contiguous last dim, got ", qkv.sizes(), " ", dt);
+    const int64_t B = qkv.size(0), D = qkv.size(2), G = (int64_t)group_sizes.size();
+    TORCH_CHECK(G >= 1, "decode_attention: group_sizes is empty");
+    std::vector<int64_t> off(G + 1, 0);
+    for (int64_t g = 0; g < G; g++) {
+        TORCH_CHECK(group_sizes[g] >= 1, "decode_attention: group sizes must be positive");
+        off[g + 1] = off[g] + group_sizes[g];
+    }
+    const int64_t H = off[G];
+    TORCH_CHECK(qkv.size(1) == H + 2 * G, "decode_attention: qkv has ", qkv.size(1),
+                " heads, the groups need H + 2G = ", H + 2 * G);
+    for (const Tensor *c : {&k_cache, &v_cache})
+        TORCH_CHECK(c->device().is_cpu() && c->scalar_type() == dt && c->dim() == 4 &&
+                        c->size(0) == B && c->size(1) == G && c->size(3) == D && c->stride(3) == 1,
+                    "decode_attention: the caches must be (B, G, slots, D) = (", B, ", ", G,
+                    ", slots, ", D, ") of the input's dtype, got ", c->sizes(), " ",
+                    c->scalar_type());
+    TORCH_CHECK(k_cache.strides() == v_cache.strides() && k_cache.sizes() == v_cache.sizes(),
+                "decode_attention: the key and value caches differ in layout");
+    const int64_t slots = k_cache.size(2);
+    TORCH_CHECK(0 <= slot && slot < held && held <= slots, "decode_attention: slot ", slot,
+                " and held ", held, " do not fit ", slots, " slots");
+    TORCH_CHECK(cos.has_value() == ss.has_value(), "decode_attention: cos and sin go together");
+    if (cos)
+        for (const Tensor *t : {&*cos, &*ss})
+            TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == dt && t->dim() == 2 &&
+                            t->size(1) == D && t->is_contiguous() && D % 2 == 0 &&
+                            0 <= position && position < t->size(0),
+                        "decode_attention: RoPE tables must be contiguous (positions > ", position,
+                        ", ", D, ") tensors of the input's dtype (D even), got ", t->sizes());
+    Tensor y = at::empty({B, 1, H * D}, qkv.options());
+    hc::AttnStep a{H, G, D, qkv.stride(0), qkv.stride(1), k_cache.stride(0), k_cache.stride(1),
+                   k_cache.stride(2), slot, held, (float)scale, off.data()};
+    // one unit reads held * D keys and values: small caches stay on the calling thread
+    const int64_t unit_grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(held * D, 1));
+    if (dt == at::kFloat) {
+        const float *c = cos ? cos->data_ptr<float>() + position * D : nullptr;
+        const float *s = ss ? ss->data_ptr<float>() + position * D : nullptr;
+        at::parallel_for(0, B * G, unit_grain, [&](int64_t u0, int64_t u1) {
+            hc::decode_attention_f32(a, qkv.data_ptr<float>(), c, s, k_cache.data_ptr<float>(),
+                                     v_cache.data_ptr<float>(), y.data_ptr<float>(), u0, u1);
+        });
+    } else {
+        using u16 = uint16_t;
+        const u16 *c = cos ? reinterpret_cast<const u16 *>(cos->data_ptr()) + position * D : nullptr;
+        const u16 *s = ss ? reinterpret_cast<const u16 *>(ss->data_ptr()) + position * D : nullptr;
+        at::parallel_for(0, B * G, unit_grain, [&](int64_t u0, int64_t u1) {
+            hc::decode_attention_bf16(a, reinterpret_cast<const u16 *>(qkv.data_ptr()), c, s,
+                                      reinterpret_cast<u16 *>(k_cache.data_ptr()),
+                                      reinterpret_cast<u16 *>(v_cache.data_ptr()),
+                                      reinterpret_cast<u16 *>(y.data_ptr()), u0, u1);
+        });
+    }
+    return y;
+}
+Tensor decode_attention_meta(const Tensor &qkv, const std::optional<Tensor> &,
+                             const std::optional<Tensor> &, int64_t, Tensor, Tensor, int64_t,
+                             int64_t, double, at::IntArrayRef group_sizes) {
+    int64_t H = 0;
+    for (auto r : group_sizes) H += r;
+    return at::empty({qkv.size(0), 1, H * qkv.size(2)}, qkv.options());
+}
 }  // namespace
 
 TORCH_LIBRARY(headcount, m) {
@@ -210,6 +322,10 @@ TORCH_LIBRARY(headcount, m) {
     m.def("dequant_q(Tensor w, int qtype, int k, Tensor(a!) out) -> ()");
     m.def("regroup(Tensor w, int qtype, int k) -> Tensor");
     m.def("rms_norm(Tensor x, Tensor? weight, float eps) -> Tensor");
+    m.def("silu_mul(Tensor x) -> Tensor");
+    m.def("decode_attention(Tensor qkv, Tensor? cos, Tensor? signed_sin, int position, "
+          "Tensor(a!) k_cache, Tensor(b!) v_cache, int slot, int held, float scale, "
+          "int[] group_sizes) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(headcount, CPU, m) {
@@ -219,6 +335,8 @@ TORCH_LIBRARY_IMPL(headcount, CPU, m) {
     m.impl("dequant_q", &dequant_q);
     m.impl("regroup", &regroup);
     m.impl("rms_norm", &rms_norm);
+    m.impl("decode_attention", &decode_attention);
+    m.impl("silu_mul", &silu_mul);
 }
 
 TORCH_LIBRARY_IMPL(headcount, Meta, m) {
@@ -228,4 +346,6 @@ TORCH_LIBRARY_IMPL(headcount, Meta, m) {
     m.impl("dequant_q", &dequant_q_meta);
     m.impl("regroup", &regroup_meta);
     m.impl("rms_norm", &rms_norm_meta);
+    m.impl("decode_attention", &decode_attention_meta);
+    m.impl("silu_mul", &silu_mul_meta);
 }

@@ -1,0 +1,48 @@
+// SwiGLU's gate (headcount::silu_mul): rows of [gate | up] (2F values) -> silu(gate) * up (F), as
+// headcount.models.decoder.SwiGLU computes it in three torch ops (chunk, silu, mul): silu(g) =
+// g / (1 + exp(-g)) rounded to the storage type, then the product rounded. One dispatch instead
+// of three on the decode path.
+#include <math.h>
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace hc {
+namespace {
+
+static inline float to_f(float v) { return v; }
+static inline float to_f(uint16_t v) { return bf16(v); }
+static inline uint16_t round_bf16(float f) {  // round to nearest even, as torch does
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+static inline float rnd(float v, float) { return v; }
+static inline float rnd(float v, uint16_t) { return bf16(round_bf16(v)); }
+static inline void put(float *o, float v) { *o = v; }
+static inline void put(uint16_t *o, float v) { *o = round_bf16(v); }
+
+template <class T>
+void rows(const T *x, int64_t F, T *y, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+        const T *g = x + r * 2 * F, *u = g + F;
+        T *yr = y + r * F;
+        for (int64_t i = 0; i < F; i++) {
+            const float gi = to_f(g[i]);
+            put(&yr[i], rnd(gi / (1.0f + expf(-gi)), T()) * to_f(u[i]));
+        }
+    }
+}
+
+}  // namespace
+
+void silu_mul_f32(const float *x, int64_t F, float *y, int64_t r0, int64_t r1) {
+    rows<float>(x, F, y, r0, r1);
+}
+void silu_mul_bf16(const uint16_t *x, int64_t F, uint16_t *y, int64_t r0, int64_t r1) {
+    rows<uint16_t>(x, F, y, r0, r1);
+}
+
+}  // namespace hc
