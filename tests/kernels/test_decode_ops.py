@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 
 import headcount.nn.attention as attn_mod
 from headcount import kernels
@@ -125,16 +126,10 @@ def test_attention_steps_equal_the_op_path(case, dtype, monkeypatch: pytest.Monk
         att.head_gate = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 2.0])
     att = att.to(dtype).eval()
     x = torch.randn(2, 20, 48).to(dtype)
-    calls: list[int] = []
-    real = torch.ops.headcount.decode_attention
-
-    def spy(*a):
-        calls.append(1)
-        return real(*a)
-
     with torch.inference_mode():
-        monkeypatch.setattr(torch.ops.headcount, "decode_attention", spy)
-        fused = _steps(att, x, KVCache(2, 20, G, 16, dtype=dtype, window=window), 5)
+        with profile() as prof:
+            fused = _steps(att, x, KVCache(2, 20, G, 16, dtype=dtype, window=window), 5)
+        calls = [e for e in prof.events() if e.name == "headcount::decode_attention"]
         monkeypatch.setattr(attn_mod, "_KERNEL_DTYPES", ())
         ops = _steps(att, x, KVCache(2, 20, G, 16, dtype=dtype, window=window), 5)
         full = att(x, causal=True)[:, 5:]
@@ -167,6 +162,21 @@ def test_silu_mul_equals_float64(shape) -> None:
     assert torch.equal(torch.ops.headcount.silu_mul(xb), F.silu(gb) * ub)
     with pytest.raises(RuntimeError, match="2F"):
         torch.ops.headcount.silu_mul(torch.randn(3, 5))
+
+
+def test_direct_entry_points_equal_the_torch_ops() -> None:
+    """`kernels.direct()` (the extension's own Python functions, the decode path's) computes
+    what the registered torch ops compute, and records under the same names."""
+    d = kernels.direct()
+    assert d is not torch.ops.headcount
+    x, w = torch.randn(2, 1, 64), torch.randn(64)
+    assert torch.equal(d.rms_norm(x, w, 1e-5), torch.ops.headcount.rms_norm(x, w, 1e-5))
+    assert torch.equal(d.silu_mul(x), torch.ops.headcount.silu_mul(x))
+    with profile() as prof:
+        d.silu_mul(x)
+    assert "headcount::silu_mul" in {e.name for e in prof.events()}
+    with pytest.raises(RuntimeError, match="2F"):
+        d.silu_mul(torch.randn(3))
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 64), (3, 2, 64), (64,)])

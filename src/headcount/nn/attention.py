@@ -431,7 +431,7 @@ class Attention(nn.Module):
         if rope is not None:
             cos, _, signed_sin = rope.table(past + 1, qkv.dtype, qkv.device)  # type: ignore[operator]
         buffers = cache._buffers  # plain dict: no nn.Module lookup
-        y = torch.ops.headcount.decode_attention(
+        y = kernels.direct().decode_attention(
             qkv,
             cos,
             signed_sin,

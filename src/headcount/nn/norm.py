@@ -54,7 +54,7 @@ class RMSNorm(nn.RMSNorm):
             )
             and kernels.available()
         ):
-            return torch.ops.headcount.rms_norm(x, weight, eps)
+            return kernels.direct().rms_norm(x, weight, eps)
         h = rms_normalize(x, eps)
         if h.dtype != x.dtype:
             h = h.to(x.dtype)
