@@ -106,7 +106,15 @@ void step(const AttnStep &a, const T *qkv, const T *cos, const T *ss, T *kc, T *
         for (int64_t r = 0; r < R; r++) {  // softmax over the held keys
             float *pr = p + r * S, m = pr[0], sum = 0.0f;
             for (int64_t s = 1; s < S; s++) m = std::max(m, pr[s]);
-            for (int64_t s = 0; s < S; s++) sum += (pr[s] = expf(pr[s] - m));
+            int64_t s = 0;
+            V vs = vzero();
+            for (; s + 16 <= S; s += 16) {  // exp in vectors (vexp: within 2 ulp)
+                const V e = vexp(vsub(vload(pr + s), vset(m)));
+                vstore(pr + s, e);
+                vs = vadd(vs, e);
+            }
+            sum = vsum(vs);
+            for (; s < S; s++) sum += (pr[s] = expf(pr[s] - m));
             const float inv = 1.0f / sum;
             for (int64_t s = 0; s < S; s++) pr[s] *= inv;
         }
