@@ -101,12 +101,12 @@ def test_decode_attention_errors() -> None:
 
 def _steps(att: Attention, x: torch.Tensor, cache: KVCache, prompt: int) -> torch.Tensor:
     att(x[:, :prompt], causal=True, cache=cache)
-    return torch.cat([att(x[:, t : t + 1], causal=True, cache=cache) for t in range(prompt, x.shape[1])], 1)
+    return torch.cat(
+        [att(x[:, t : t + 1], causal=True, cache=cache) for t in range(prompt, x.shape[1])], 1
+    )
 
 
-@pytest.mark.parametrize(
-    "case", ["gqa", "mqa-window", "uneven", "norms", "gate"], ids=lambda c: c
-)
+@pytest.mark.parametrize("case", ["gqa", "mqa-window", "uneven", "norms", "gate"], ids=lambda c: c)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_attention_steps_equal_the_op_path(case, dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(3)
@@ -185,6 +185,8 @@ def test_gemv_takes_leading_dims(shape) -> None:
     w = torch.randn(40, 64).bfloat16()
     got = torch.ops.headcount.gemv(x, w, None)
     assert got.shape == (*shape[:-1], 40)
-    torch.testing.assert_close(got.reshape(-1, 40), torch.ops.headcount.gemv(x.reshape(-1, 64), w, None))
+    torch.testing.assert_close(
+        got.reshape(-1, 40), torch.ops.headcount.gemv(x.reshape(-1, 64), w, None)
+    )
     torch.testing.assert_close(got.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
     assert kernels.available()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+import headcount.nn.attention as attention_module
 from headcount import Attention, ConfigError, KVCache, RoPE, ShapeError
 from headcount.nn.functional import GroupRun, eager_attention, group_runs, sdpa_attention
 from tests.nn.reference import reference_attention
@@ -214,3 +215,23 @@ def test_gradcheck_float64() -> None:
     for path in ("eager", "auto"):
         attn.backend = path  # type: ignore[assignment]
         assert torch.autograd.gradcheck(lambda t: attn(t, causal=True, attention_mask=mask), (x,))
+
+
+def test_first_use_in_inference_mode_then_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uneven groups cache an index tensor per group layout for decode steps; made inside
+    ``inference_mode`` first, it must still serve a step that autograd records (an inference
+    tensor cannot be saved for backward: this failed once another test had decoded the same
+    layout first)."""
+    sizes = (3, 1, 2, 2)  # a layout no other test uses, so this test makes the cached index
+    attn = make(sizes)
+    x = torch.randn(2, 5, 48)
+    monkeypatch.setattr(attention_module, "_KERNEL_DTYPES", ())  # the op-by-op step (no kernels)
+    outs = []
+    for mode in (torch.inference_mode(), torch.enable_grad()):
+        cache = KVCache(2, 5, len(sizes), 8)
+        with mode:
+            attn(x[:, :4], causal=True, cache=cache)
+            outs.append(attn(x[:, 4:], causal=True, cache=cache))  # one step: (B, 1, C)
+    outs[1].square().sum().backward()
+    assert attn.qkv_proj.weight.grad is not None
+    assert_close(outs[1].detach(), outs[0], **F32)

@@ -80,7 +80,15 @@ QTYPES: dict[int, tuple[str, int, int]] = {
 }
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("ops.cpp", "gemv.cpp", "quant_gemv.cpp", "x16.cpp", "norm.cpp", "attention.cpp", "pointwise.cpp")
+SOURCES = (
+    "ops.cpp",
+    "gemv.cpp",
+    "quant_gemv.cpp",
+    "x16.cpp",
+    "norm.cpp",
+    "attention.cpp",
+    "pointwise.cpp",
+)
 HEADERS = ("kernels.h", "simd.h")
 _COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]
 

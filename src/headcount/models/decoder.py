@@ -22,7 +22,6 @@ from headcount.models.cache import ModelCache
 from headcount.nn import Attention, Linear, RMSNorm, RoPE, key_padding_mask, linear
 from headcount.nn.calls import bare
 
-
 _FUSED = (torch.float32, torch.bfloat16)  # dtypes of headcount::silu_mul
 
 

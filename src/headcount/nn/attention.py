@@ -415,7 +415,7 @@ class Attention(nn.Module):
         H * D)`` in one compiled op (``headcount::decode_attention``: RoPE, the cache write and
         the grouped attention; ~13 dispatches fewer a layer), or None when the cache cannot take
         the position here (the op-by-op path then raises, naming the problem)."""
-        B, HG2, D = qkv.shape
+        B, _, D = qkv.shape
         H, G = self.n_heads, self.n_kv_heads
         past = cache.length
         taken = cache.take_position(B, G, D, qkv.dtype)

@@ -93,9 +93,12 @@ def _head_dim(mask: Tensor) -> int:
 @functools.lru_cache(maxsize=256)
 def _slots(group_sizes: tuple[int, ...], device: torch.device) -> Tensor:
     """``(H,)``: the row of each query head among ``G * max(group_sizes)`` rows, every group
-    given ``max(group_sizes)`` rows (cached: a decode step asks for it once per layer)."""
+    given ``max(group_sizes)`` rows (cached: a decode step asks for it once per layer).
+    Built outside inference mode even when first asked inside it: the cached index must also
+    serve a forward that autograd records (inference tensors cannot be saved for backward)."""
     Rm = max(group_sizes)
-    return torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(device)
+    with torch.inference_mode(False):
+        return torch.cat([g * Rm + torch.arange(r) for g, r in enumerate(group_sizes)]).to(device)
 
 
 def _padded_fold(

@@ -17,7 +17,8 @@ _FUSED = (torch.float32, torch.bfloat16)
 
 @functools.lru_cache(maxsize=64)
 def _eps(eps: float, device: torch.device) -> Tensor:
-    return torch.tensor(eps, dtype=torch.float32, device=device)
+    with torch.inference_mode(False):  # cached: must serve autograd-recorded forwards too
+        return torch.tensor(eps, dtype=torch.float32, device=device)
 
 
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
