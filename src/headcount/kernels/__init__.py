@@ -6,9 +6,12 @@ registers (bfloat16, int8 with a per-row scale, or the GGUF blocks Q4_0, Q4_1, Q
 Q8_0, Q4_K and Q6_K kept packed) and accumulate in float32, splitting the rows across torch's threads.
 
 The C++ sources are in ``csrc/`` (``ops.cpp`` registers ``torch.ops.headcount.gemv``,
-``gemv_q`` and ``dequant_q`` with CPU and Meta implementations, so they show in the profiler
-and trace under ``torch.compile``; ``gemv.cpp`` and ``quant_gemv.cpp`` hold the kernels, written
-once against a 16-float vector type in ``simd.h``). They are built on first use with
+``gemv_q``, ``dequant_q`` and the decode step's fused ops ``rms_norm``, ``silu_mul`` and
+``decode_attention`` with CPU and Meta implementations, so they show in the profiler and trace
+under ``torch.compile``; the same functions are the extension module's own Python entry points,
+`direct`, which the decode path calls; ``gemv.cpp``, ``quant_gemv.cpp``, ``x16.cpp``,
+``norm.cpp``, ``pointwise.cpp`` and ``attention.cpp`` hold the kernels, written once against a
+16-float vector type in ``simd.h``). They are built on first use with
 ``torch.utils.cpp_extension.load`` in one of two variants picked from the CPU's flags:
 
 - ``avx512``: AVX-512 F/BW/VL/DQ (plus AVX512-BF16 ``vdpbf16ps`` for bfloat16 × bfloat16
