@@ -190,3 +190,42 @@ def test_gemv_takes_leading_dims(shape) -> None:
     )
     torch.testing.assert_close(got.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
     assert kernels.available()
+
+
+def test_a_failing_step_leaves_the_cache_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step claims the cache position before the op writes it: an op that raises must not
+    leave a counted position that holds nothing."""
+    att = Attention(32, 4, 2, 8, rope=RoPE(8)).eval()
+    cache = KVCache(1, 8, 2, 8)
+
+    class Broken:
+        def decode_attention(self, *args: object) -> None:
+            raise RuntimeError("decode_attention: boom")
+
+    with torch.inference_mode():
+        att(torch.randn(1, 3, 32), causal=True, cache=cache)
+        monkeypatch.setattr(kernels, "direct", lambda: Broken())
+        with pytest.raises(RuntimeError, match="boom"):
+            att(torch.randn(1, 1, 32), causal=True, cache=cache)
+    assert cache.length == 3
+
+
+def test_a_rope_subclass_keeps_its_own_rotation() -> None:
+    """A `RoPE` subclass may rotate otherwise than the table the op reads: the step then takes
+    the op-by-op path, which calls the subclass."""
+
+    class Doubled(RoPE):
+        def rotate_at(self, x: torch.Tensor, position: int) -> torch.Tensor:
+            return super().rotate_at(x, 2 * position)
+
+        def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+            return super().forward(x, 2 * positions)
+
+    torch.manual_seed(0)
+    att = Attention(32, 4, 2, 8, rope=Doubled(8)).eval()
+    x = torch.randn(1, 6, 32)
+    with torch.inference_mode(), profile() as prof:
+        steps = _steps(att, x, KVCache(1, 6, 2, 8), 3)
+        full = att(x, causal=True)[:, 3:]
+    assert "headcount::decode_attention" not in {e.name for e in prof.events()}
+    torch.testing.assert_close(steps, full, rtol=1e-5, atol=2e-6)

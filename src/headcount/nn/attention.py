@@ -415,34 +415,40 @@ class Attention(nn.Module):
         H * D)`` in one compiled op (``headcount::decode_attention``: RoPE, the cache write and
         the grouped attention; ~13 dispatches fewer a layer), or None when the cache cannot take
         the position here (the op-by-op path then raises, naming the problem)."""
+        rope = self._modules.get("rope")
+        if rope is not None and type(rope) is not RoPE:
+            return None  # a RoPE subclass may rotate otherwise: the op-by-op path calls it
         B, _, D = qkv.shape
         H, G = self.n_heads, self.n_kv_heads
-        past = cache.length
-        taken = cache.take_position(B, G, D, qkv.dtype)
-        if taken is None:
-            return None
         if q_norm is not None or k_norm is not None:
             q, k, v = qkv.split_with_sizes((H, G, G), dim=1)
             q = q if q_norm is None else bare(q_norm)(q)
             k = k if k_norm is None else bare(k_norm)(k)
             qkv = torch.cat((q, k, v), 1)
-        rope = self._modules.get("rope")
+        past = cache.length
         cos = signed_sin = None
         if rope is not None:
-            cos, _, signed_sin = rope.table(past + 1, qkv.dtype, qkv.device)  # type: ignore[operator]
+            cos, _, signed_sin = rope.table(past + 1, qkv.dtype, qkv.device)
+        taken = cache.take_position(B, G, D, qkv.dtype)
+        if taken is None:
+            return None
         buffers = cache._buffers  # plain dict: no nn.Module lookup
-        y = kernels.direct().decode_attention(
-            qkv,
-            cos,
-            signed_sin,
-            past,
-            buffers["k"],
-            buffers["v"],
-            taken[0],
-            taken[1],
-            self.scale,
-            self.group_sizes,
-        )  # (B, 1, H * D)
+        try:  # the op checks every argument before it writes anything
+            y = kernels.direct().decode_attention(
+                qkv,
+                cos,
+                signed_sin,
+                past,
+                buffers["k"],
+                buffers["v"],
+                taken[0],
+                taken[1],
+                self.scale,
+                self.group_sizes,
+            )  # (B, 1, H * D)
+        except BaseException:
+            object.__setattr__(cache, "length", past)  # the position was not written: not counted
+            raise
         gate = self._buffers["head_gate"]
         if gate is not None:
             y = (y.view(B, H, D) * gate.view(1, H, 1).to(y.dtype)).view(B, 1, H * D)
