@@ -124,4 +124,24 @@ static inline float bf16(uint16_t h) {
     return f;
 }
 
+// Storage types of the float kernels (norm, pointwise, attention): float32 or bfloat16 held as
+// uint16_t. to_f widens; put stores a float rounded to the type (bfloat16: to nearest even, as
+// torch rounds); rnd(v, T()) is v rounded to T and widened back (what a torch op's output in T
+// holds)
+static inline float to_f(float v) { return v; }
+static inline float to_f(uint16_t v) { return bf16(v); }
+static inline uint16_t round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+static inline void put(float *o, float v) { *o = v; }
+static inline void put(uint16_t *o, float v) { *o = round_bf16(v); }
+static inline float rnd(float v, float) { return v; }
+static inline float rnd(float v, uint16_t) { return bf16(round_bf16(v)); }
+static inline V vload_t(const float *p) { return vload(p); }
+static inline V vload_t(const uint16_t *p) { return vload_bf16(p); }
+
 }  // namespace hc
