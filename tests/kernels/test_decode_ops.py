@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-import headcount.nn.attention as attn_mod
 from headcount import kernels
 from headcount.nn import Attention, KVCache, RMSNorm, RoPE
 from tests.kernels.conftest import needs_kernels
@@ -130,7 +129,7 @@ def test_attention_steps_equal_the_op_path(case, dtype, monkeypatch: pytest.Monk
         with profile() as prof:
             fused = _steps(att, x, KVCache(2, 20, G, 16, dtype=dtype, window=window), 5)
         calls = [e for e in prof.events() if e.name == "headcount::decode_attention"]
-        monkeypatch.setattr(attn_mod, "_KERNEL_DTYPES", ())
+        monkeypatch.setattr(kernels, "FUSED_DTYPES", ())
         ops = _steps(att, x, KVCache(2, 20, G, 16, dtype=dtype, window=window), 5)
         full = att(x, causal=True)[:, 5:]
     assert len(calls) == 15  # every step took the fused op

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import headcount.nn.attention as attention_module
-from headcount import Attention, ConfigError, KVCache, RoPE, ShapeError
+from headcount import Attention, ConfigError, KVCache, RoPE, ShapeError, kernels
 from headcount.nn.functional import GroupRun, eager_attention, group_runs, sdpa_attention
 from tests.nn.reference import reference_attention
 
@@ -225,7 +224,7 @@ def test_first_use_in_inference_mode_then_training(monkeypatch: pytest.MonkeyPat
     sizes = (3, 1, 2, 2)  # a layout no other test uses, so this test makes the cached index
     attn = make(sizes)
     x = torch.randn(2, 5, 48)
-    monkeypatch.setattr(attention_module, "_KERNEL_DTYPES", ())  # the op-by-op step (no kernels)
+    monkeypatch.setattr(kernels, "FUSED_DTYPES", ())  # the op-by-op step (no kernels)
     outs = []
     for mode in (torch.inference_mode(), torch.enable_grad()):
         cache = KVCache(2, 5, len(sizes), 8)

@@ -245,6 +245,27 @@ def _load() -> str | None:
     return _variant
 
 
+# dtypes of the decode step's fused ops (rms_norm, silu_mul, decode_attention)
+FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def fusable(x: Tensor, weight: Tensor | None = None) -> bool:
+    """True when a fused decode op (``rms_norm``, ``silu_mul``, ``decode_attention``) may take
+    ``x`` (and ``weight``): CPU tensors of one dtype in `FUSED_DTYPES`, nothing that autograd
+    must record (the ops have no backward), and the kernels loaded. The modules fall back to
+    torch's ops otherwise."""
+    return (
+        x.dtype in FUSED_DTYPES
+        and x.device.type == "cpu"
+        and (weight is None or weight.dtype == x.dtype)
+        and not (
+            torch.is_grad_enabled()
+            and (x.requires_grad or (weight is not None and weight.requires_grad))
+        )
+        and available()
+    )
+
+
 def direct() -> Any:
     """The namespace a decode step calls the kernels through: the extension's own Python entry
     points (the functions behind ``torch.ops.headcount.*``, without the dispatcher's boxed call

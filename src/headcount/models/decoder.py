@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,8 +20,6 @@ from headcount.models.base import TextModel
 from headcount.models.cache import ModelCache
 from headcount.nn import Attention, Linear, RMSNorm, RoPE, key_padding_mask, linear
 from headcount.nn.calls import bare
-
-_FUSED = (torch.float32, torch.bfloat16)  # dtypes of headcount::silu_mul
 
 
 @dataclass
@@ -42,12 +39,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mods = self._modules  # a plain dict: nn.Module's attribute lookup costs ~1 µs each
         h = bare(mods["gate_up"])(x)  # (B, T, 2F)
-        if (
-            h.dtype in _FUSED
-            and h.device.type == "cpu"
-            and not (torch.is_grad_enabled() and h.requires_grad)
-            and kernels.available()
-        ):
+        if kernels.fusable(h):
             return bare(mods["down"])(kernels.direct().silu_mul(h))  # one op for the three
         gate, up = h.chunk(2, dim=-1)  # (B, T, F) each
         return bare(mods["down"])(F.silu(gate) * up)

@@ -22,7 +22,6 @@ from headcount.nn.linear import Linear
 from headcount.nn.rope import RoPE
 
 Backend = Literal["auto", "sdpa", "eager"]
-_KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # headcount::decode_attention's
 WeightsHook = Callable[[Tensor], None]
 
 
@@ -362,13 +361,7 @@ class Attention(nn.Module):
         mods = self._modules
         qkv = bare(mods["qkv_proj"])(x).view(B, H + 2 * G, D)  # [Q heads | K heads | V heads]
         q_norm, k_norm = mods.get("q_norm"), mods.get("k_norm")  # None: never set as modules
-        if (
-            cache is not None
-            and qkv.dtype in _KERNEL_DTYPES
-            and qkv.device.type == "cpu"
-            and not (torch.is_grad_enabled() and qkv.requires_grad)
-            and kernels.available()
-        ):
+        if cache is not None and kernels.fusable(qkv):
             y = self._step_kernel(qkv, cache, q_norm, k_norm)
             if y is not None:
                 return bare(mods["o_proj"])(y)  # (B, 1, C)

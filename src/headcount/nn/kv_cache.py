@@ -179,24 +179,15 @@ class KVCache(nn.Module):
             raise ShapeError(
                 f"k and v must both be (B, G, D); got {tuple(k.shape)} and {tuple(v.shape)}"
             )
+        B, G, D = k.shape
+        taken = self.take_position(B, G, D, k.dtype)
+        if taken is None:
+            return self.append(k.unsqueeze(2), v.unsqueeze(2))  # raises, naming the problem
+        slot, held = taken
         kb, vb = self._buffers["k"], self._buffers["v"]  # plain dict: no nn.Module lookup
         assert kb is not None and vb is not None
-        length = self.length
-        if (
-            length >= self._max_len
-            or kb.shape[0] != k.shape[0]
-            or kb.shape[1] != k.shape[1]
-            or kb.shape[3] != k.shape[2]
-            or kb.dtype != k.dtype
-        ):
-            return self.append(k.unsqueeze(2), v.unsqueeze(2))  # raises, naming the problem
-        slots = kb.shape[2]
-        kb.select(2, length % slots).copy_(k)  # a plain cache never wraps: length < slots
-        vb.select(2, length % slots).copy_(v)
-        end = length + 1
-        # object.__setattr__: the value nn.Module.__setattr__ would store, ~10x cheaper
-        object.__setattr__(self, "length", end)
-        held = end if end < slots else slots
+        kb.select(2, slot).copy_(k)  # shapes and dtype checked: the copies cannot fail
+        vb.select(2, slot).copy_(v)
         return kb.narrow(2, 0, held), vb.narrow(2, 0, held)
 
     def take_position(self, B: int, G: int, D: int, dtype: torch.dtype) -> tuple[int, int] | None:
@@ -216,9 +207,10 @@ class KVCache(nn.Module):
             or kb.dtype != dtype
         ):
             return None
-        slots = kb.shape[2]
+        slots = kb.shape[2]  # a plain cache never wraps: length < slots
         end = length + 1
-        object.__setattr__(self, "length", end)  # what nn.Module.__setattr__ would store
+        # object.__setattr__: the value nn.Module.__setattr__ would store, ~10x cheaper
+        object.__setattr__(self, "length", end)
         return length % slots, (end if end < slots else slots)
 
     def extra_repr(self) -> str:

@@ -12,8 +12,6 @@ from torch import Tensor, nn
 
 from headcount import kernels
 
-_FUSED = (torch.float32, torch.bfloat16)
-
 
 @functools.lru_cache(maxsize=64)
 def _eps(eps: float, device: torch.device) -> Tensor:
@@ -45,16 +43,7 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         weight = self._parameters["weight"]  # a plain dict: cheaper than nn.Module's lookup
-        if (
-            x.dtype in _FUSED
-            and (weight is None or weight.dtype == x.dtype)
-            and x.device.type == "cpu"
-            and not (
-                torch.is_grad_enabled()
-                and (x.requires_grad or (weight is not None and weight.requires_grad))
-            )
-            and kernels.available()
-        ):
+        if kernels.fusable(x, weight):
             return kernels.direct().rms_norm(x, weight, eps)
         h = rms_normalize(x, eps)
         if h.dtype != x.dtype:

@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "kernels.h"
@@ -239,7 +240,6 @@ Tensor rms_norm_meta(const Tensor &x, const std::optional<Tensor> &, double) {
     return at::empty_like(x, at::MemoryFormat::Contiguous);
 }
 
-
 // One decode step of attention (attention.cpp; the math of headcount.nn.Attention._step): qkv
 // (B, H + 2G, D) of one new position per row, RoPE's cos / signed sin tables (P, D) and the
 // row of the new position (or no tables: no RoPE),
@@ -358,33 +358,23 @@ TORCH_LIBRARY_IMPL(headcount, Meta, m) {
 // step makes seven such calls a layer). Each records itself under its op's name, so the
 // profiler shows the same events either way.
 
+namespace {
+// `fn` as the Python function `name`, recorded as the event "headcount::<name>"
+template <class R, class... A>
+void def_direct(pybind11::module_ &m, const char *name, R (*fn)(A...)) {
+    const std::string event = std::string("headcount::") + name;
+    m.def(name, [fn, event](A... args) {
+        RECORD_FUNCTION(event, std::vector<c10::IValue>());
+        return fn(std::forward<A>(args)...);
+    });
+}
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-    m.def("gemv", [](const Tensor &x, const Tensor &w, const std::optional<Tensor> &s) {
-        RECORD_FUNCTION("headcount::gemv", std::vector<c10::IValue>());
-        return gemv(x, w, s);
-    });
-    m.def("gemv_q", [](const Tensor &x, const Tensor &w, int64_t q, int64_t k) {
-        RECORD_FUNCTION("headcount::gemv_q", std::vector<c10::IValue>());
-        return gemv_q(x, w, q, k);
-    });
-    m.def("gemv_q8a", [](const Tensor &x, const Tensor &w, int64_t q, int64_t k) {
-        RECORD_FUNCTION("headcount::gemv_q8a", std::vector<c10::IValue>());
-        return gemv_q8a(x, w, q, k);
-    });
-    m.def("rms_norm", [](const Tensor &x, const std::optional<Tensor> &w, double eps) {
-        RECORD_FUNCTION("headcount::rms_norm", std::vector<c10::IValue>());
-        return rms_norm(x, w, eps);
-    });
-    m.def("silu_mul", [](const Tensor &x) {
-        RECORD_FUNCTION("headcount::silu_mul", std::vector<c10::IValue>());
-        return silu_mul(x);
-    });
-    m.def("decode_attention",
-          [](const Tensor &qkv, const std::optional<Tensor> &cos, const std::optional<Tensor> &ss,
-             int64_t position, Tensor kc, Tensor vc, int64_t slot, int64_t held, double scale,
-             std::vector<int64_t> group_sizes) {
-              RECORD_FUNCTION("headcount::decode_attention", std::vector<c10::IValue>());
-              return decode_attention(qkv, cos, ss, position, kc, vc, slot, held, scale,
-                                      group_sizes);
-          });
+    def_direct(m, "gemv", &gemv);
+    def_direct(m, "gemv_q", &gemv_q);
+    def_direct(m, "gemv_q8a", &gemv_q8a);
+    def_direct(m, "rms_norm", &rms_norm);
+    def_direct(m, "silu_mul", &silu_mul);
+    def_direct(m, "decode_attention", &decode_attention);
 }

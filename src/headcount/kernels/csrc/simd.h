@@ -31,23 +31,11 @@ static inline V vload_bf16(const uint16_t *p) {
 }
 static inline V vmax(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
 static inline V vdiv(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
-// exp(x) for float32 (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n);
-// within 2 ulp of the exact value for x in [-87.3, 88.7], x clamped to that range outside it
-static inline V vexp(V x) {
-    __m512 v = _mm512_min_ps(_mm512_max_ps(x.v, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.72283f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return {_mm512_scalef_ps(p, n)};
+static inline V vmin(V a, V b) { return {_mm512_min_ps(a.v, b.v)}; }
+static inline V vround(V a) {  // to the nearest integer
+    return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
 }
+static inline V vscale2(V p, V n) { return {_mm512_scalef_ps(p.v, n.v)}; }  // p * 2^n
 #else
 struct V {
     __m256 a, b;
@@ -87,29 +75,38 @@ static inline V vload_bf16(const uint16_t *p) {
 }
 static inline V vmax(V x, V y) { return {_mm256_max_ps(x.a, y.a), _mm256_max_ps(x.b, y.b)}; }
 static inline V vdiv(V x, V y) { return {_mm256_div_ps(x.a, y.a), _mm256_div_ps(x.b, y.b)}; }
-static inline __m256 exp8(__m256 v) {  // see the AVX-512 vexp
-    v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.72283f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    // 2^n for n in [-127, 128]: as two factors, so n = -127 and 128 stay finite steps
-    const __m256i ni = _mm256_cvtps_epi32(n);
-    const __m256i h = _mm256_srai_epi32(ni, 1);
-    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
-    const __m256 f2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
+static inline V vmin(V x, V y) { return {_mm256_min_ps(x.a, y.a), _mm256_min_ps(x.b, y.b)}; }
+static inline V vround(V x) {  // to the nearest integer
+    const int m = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    return {_mm256_round_ps(x.a, m), _mm256_round_ps(x.b, m)};
+}
+static inline __m256 scale2(__m256 p, __m256 n) {  // p * 2^n, n integral in [-127, 128]:
+    const __m256i ni = _mm256_cvtps_epi32(n);     // two factors, each a normal power of 2
+    const __m256i h = _mm256_srai_epi32(ni, 1), bias = _mm256_set1_epi32(127);
+    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, bias), 23));
+    const __m256 f2 =
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), bias), 23));
     return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
 }
-static inline V vexp(V x) { return {exp8(x.a), exp8(x.b)}; }
+static inline V vscale2(V p, V n) { return {scale2(p.a, n.a), scale2(p.b, n.b)}; }
 #endif
+
+// exp(x) for float32 (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n);
+// within 2 ulp of the exact value for x in [-87.3, 88.7], x clamped to that range outside it
+static inline V vexp(V x) {
+    x = vmin(vmax(x, vset(-87.33654f)), vset(88.72283f));
+    const V n = vround(vmul(x, vset(1.44269504088896341f)));
+    V r = vfma(n, vset(-0.693359375f), x);  // x - n ln 2, ln 2 in two parts
+    r = vfma(n, vset(2.12194440e-4f), r);
+    V p = vset(1.9875691500E-4f);
+    p = vfma(p, r, vset(1.3981999507E-3f));
+    p = vfma(p, r, vset(8.3334519073E-3f));
+    p = vfma(p, r, vset(4.1665795894E-2f));
+    p = vfma(p, r, vset(1.6666665459E-1f));
+    p = vfma(p, r, vset(5.0000001201E-1f));
+    p = vfma(p, vmul(r, r), vadd(r, vset(1.0f)));
+    return vscale2(p, n);
+}
 
 static inline __m128i load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)p); }
 static inline float fp16(const uint8_t *p) {
