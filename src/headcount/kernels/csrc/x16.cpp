@@ -22,6 +22,7 @@
 // The input: each 32 values x of a block are rounded to int16 with dx = max|x| / 32767, so
 // sum(w * x) = d * dx * sum(q * xq) + m * sum(x) up to that rounding (relative error <= 2^-16 of
 // the block's largest |x|; int8, llama.cpp's choice, is 256 times coarser).
+#include <new>
 #include <vector>
 
 #include "kernels.h"
@@ -36,40 +37,76 @@ constexpr int GROUP_BYTES = 80;  // 4 Q4_1x blocks
 #endif
 constexpr int PREFETCH = HC_PREFETCH;  // bytes ahead of the group being read
 
+// an allocator of 64-byte aligned storage: a whole-vector load from it never splits a cache line
+template <class T>
+struct Aligned {
+    using value_type = T;
+    Aligned() = default;
+    template <class U>
+    Aligned(const Aligned<U> &) {}
+    T *allocate(size_t n) {
+        return static_cast<T *>(::operator new(n * sizeof(T), std::align_val_t(64)));
+    }
+    void deallocate(T *p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+    template <class U>
+    bool operator==(const Aligned<U> &) const { return true; }
+};
+template <class T>
+using AlignedVector = std::vector<T, Aligned<T>>;
+
 // the input of one GEMV, rearranged like the weights: per group, 4 x 32 int16 (X[j][w] = the
 // value weights' word w, nibble j multiplies; 0 past a short last group), 16 lane scales
-// (dx of block l / 4 for 32-bit lane l) and the 4 blocks' sums of x
+// (dx of block l / 4 for 32-bit lane l) and 8 floats 0, 0, 0, 0 and the 4 blocks' sums of x (a
+// group's fp16 d[4] m[4] times these is m * sum(x) in one 8-lane multiply-add)
 struct Prepared {
     int64_t groups;
-    std::vector<int16_t> xq;  // M * groups * 128
-    std::vector<float> dx;    // M * groups * 16
-    std::vector<float> xs;    // M * groups * 4
+    AlignedVector<int16_t> xq;  // M * groups * 128
+    AlignedVector<float> dx;    // M * groups * 16
+    AlignedVector<float> xs;    // M * groups * 8
 };
+
+// block v (32 values) rounded to int16 into its words 8 bb .. 8 bb + 7 of the group's 4 x 32
+// (value i to X[32 * (i / 8) + 8 bb + i % 8]); its dx and sum of x
+static inline void prepare_block(const float *v, int16_t *X, int64_t bb, float &dx, float &sum) {
+#ifdef __AVX512F__
+    const __m512 a = _mm512_loadu_ps(v), b = _mm512_loadu_ps(v + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+    const __m512 id = _mm512_set1_ps(amax > 0 ? 32767.0f / amax : 0.0f);
+    // rounded to nearest even, as __builtin_nearbyintf below (the default rounding mode)
+    const __m256i qa = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, id)));
+    const __m256i qb = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, id)));
+    _mm_storeu_si128((__m128i *)(X + 8 * bb), _mm256_castsi256_si128(qa));
+    _mm_storeu_si128((__m128i *)(X + 32 + 8 * bb), _mm256_extracti128_si256(qa, 1));
+    _mm_storeu_si128((__m128i *)(X + 64 + 8 * bb), _mm256_castsi256_si128(qb));
+    _mm_storeu_si128((__m128i *)(X + 96 + 8 * bb), _mm256_extracti128_si256(qb, 1));
+#else
+    float amax = 0.0f;
+    sum = 0.0f;
+    for (int i = 0; i < 32; i++) {
+        const float a = v[i] < 0 ? -v[i] : v[i];
+        amax = a > amax ? a : amax;
+        sum += v[i];
+    }
+    const float id = amax > 0 ? 32767.0f / amax : 0.0f;
+    for (int i = 0; i < 32; i++) X[32 * (i / 8) + 8 * bb + i % 8] = (int16_t)__builtin_nearbyintf(v[i] * id);
+#endif
+    dx = amax / 32767.0f;
+}
 
 void prepare(const float *x, int64_t M, int64_t K, Prepared &p) {
     const int64_t nb = K / 32, G = (nb + 3) / 4;
     p.groups = G;
     p.xq.assign(M * G * 128, 0);
     p.dx.assign(M * G * 16, 0.0f);
-    p.xs.assign(M * G * 4, 0.0f);
+    p.xs.assign(M * G * 8, 0.0f);
     for (int64_t m = 0; m < M; m++)
         for (int64_t b = 0; b < nb; b++) {
-            const float *v = x + m * K + 32 * b;
-            float amax = 0.0f, sum = 0.0f;
-            for (int i = 0; i < 32; i++) {
-                const float a = v[i] < 0 ? -v[i] : v[i];
-                amax = a > amax ? a : amax;
-                sum += v[i];
-            }
-            const float d = amax / 32767.0f, id = amax > 0 ? 32767.0f / amax : 0.0f;
-            const int64_t g = b / 4, bb = b % 4, at = (m * G + g);
-            int16_t *X = p.xq.data() + at * 128;
-            for (int i = 0; i < 32; i++) {  // value i -> word 8 bb + i % 8, nibble i / 8
-                const float q = __builtin_nearbyintf(v[i] * id);
-                X[32 * (i / 8) + 8 * bb + i % 8] = (int16_t)q;
-            }
-            for (int l = 0; l < 4; l++) p.dx[at * 16 + 4 * bb + l] = d;
-            p.xs[at * 4 + bb] = sum;
+            const int64_t bb = b % 4, at = m * G + b / 4;
+            float dx, sum;
+            prepare_block(x + m * K + 32 * b, p.xq.data() + at * 128, bb, dx, sum);
+            for (int l = 0; l < 4; l++) p.dx[at * 16 + 4 * bb + l] = dx;
+            p.xs[at * 8 + 4 + bb] = sum;
         }
 }
 
@@ -96,9 +133,8 @@ struct Group {
 using Acc = __m512;
 static inline Acc acc_zero() { return _mm512_setzero_ps(); }
 template <int M, bool BIAS>
-static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m128 *macc) {
+static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m256 *macc) {
     const __m512 d = lane_scales(q.f);
-    const __m128 mv = _mm256_extractf128_ps(q.f, 1);
     for (int m = 0; m < M; m++) {
         const int64_t at = m * p.groups + g;
         const int16_t *X = p.xq.data() + at * 128;
@@ -108,13 +144,11 @@ static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *
         t = dot16(t, q.a[3], X + 96);
         const __m512 sc = _mm512_mul_ps(d, _mm512_loadu_ps(p.dx.data() + at * 16));
         acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s, t)), sc, acc[m]);
-        if (BIAS) macc[m] = _mm_fmadd_ps(mv, _mm_loadu_ps(p.xs.data() + at * 4), macc[m]);
+        if (BIAS) macc[m] = _mm256_fmadd_ps(q.f, _mm256_load_ps(p.xs.data() + at * 8), macc[m]);
     }
 }
-static inline float finish(Acc acc, __m128 macc) {
-    __m128 s = _mm_add_ps(macc, _mm_movehl_ps(macc, macc));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm512_reduce_add_ps(acc) + _mm_cvtss_f32(s);
+static inline float finish(Acc acc, __m256 macc) {
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc, _mm512_zextps256_ps512(macc)));
 }
 static inline void q4_split(__m512i W, Group &q) {  // nibble j of every word
     const __m512i lo4 = _mm512_set1_epi16(0x0F);
@@ -128,7 +162,7 @@ struct Q4X {  // 64 bytes of words, d[4], m[4]
     static constexpr int BLOCK = 20, GROUP = 80;
     static constexpr bool BIAS = true;
     static void load(const uint8_t *w, Group &q) {
-        q4_split(_mm512_loadu_si512((const void *)w), q);
+        q4_split(in_register(_mm512_loadu_si512((const void *)w)), q);
         q.f = fp16x8(_mm_loadu_si128((const __m128i *)(w + 64)));
     }
     static void load_short(const uint8_t *w, int64_t r, Group &q) {  // 16r bytes, d[r], m[r]
@@ -166,10 +200,9 @@ struct Acc {
 };
 static inline Acc acc_zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 template <int M, bool BIAS>
-static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m128 *macc) {
+static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *acc, __m256 *macc) {
     const __m256 d01 = _mm256_permutevar8x32_ps(q.f, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
     const __m256 d23 = _mm256_permutevar8x32_ps(q.f, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3));
-    const __m128 mv = _mm256_extractf128_ps(q.f, 1);
     for (int m = 0; m < M; m++) {
         const int64_t at = m * p.groups + g;
         const int16_t *X = p.xq.data() + at * 128;
@@ -183,13 +216,12 @@ static inline void group_dot(const Group &q, const Prepared &p, int64_t g, Acc *
                                    _mm256_mul_ps(d01, _mm256_loadu_ps(dx)), acc[m].a);
         acc[m].b = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1),
                                    _mm256_mul_ps(d23, _mm256_loadu_ps(dx + 8)), acc[m].b);
-        if (BIAS) macc[m] = _mm_fmadd_ps(mv, _mm_loadu_ps(p.xs.data() + at * 4), macc[m]);
+        if (BIAS) macc[m] = _mm256_fmadd_ps(q.f, _mm256_load_ps(p.xs.data() + at * 8), macc[m]);
     }
 }
-static inline float finish(Acc acc, __m128 macc) {
-    __m256 v = _mm256_add_ps(acc.a, acc.b);
+static inline float finish(Acc acc, __m256 macc) {
+    __m256 v = _mm256_add_ps(_mm256_add_ps(acc.a, acc.b), macc);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, macc);
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
@@ -200,7 +232,7 @@ struct Q4X {
     static void load(const uint8_t *w, Group &q) {
         const __m256i lo4 = _mm256_set1_epi16(0x0F);
         for (int h = 0; h < 2; h++) {
-            const __m256i W = _mm256_loadu_si256((const __m256i *)(w + 32 * h));
+            const __m256i W = in_register(_mm256_loadu_si256((const __m256i *)(w + 32 * h)));
             q.a[h][0] = _mm256_and_si256(W, lo4);
             q.a[h][1] = _mm256_and_si256(_mm256_srli_epi16(W, 4), lo4);
             q.a[h][2] = _mm256_and_si256(_mm256_srli_epi16(W, 8), lo4);
@@ -242,8 +274,8 @@ void rows_x(const Prepared &p, int64_t K, const uint8_t *w, float *y, int64_t N,
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *wr = w + n * row_bytes;
         Acc acc[M];
-        __m128 macc[M];
-        for (int m = 0; m < M; m++) acc[m] = acc_zero(), macc[m] = _mm_setzero_ps();
+        __m256 macc[M];
+        for (int m = 0; m < M; m++) acc[m] = acc_zero(), macc[m] = _mm256_setzero_ps();
         for (int64_t g = 0; g < full; g++) {
             const uint8_t *at = wr + F::GROUP * g;
             _mm_prefetch((const char *)at + PREFETCH, _MM_HINT_T0);
@@ -274,8 +306,8 @@ void gemv_x(const Prepared &p, int64_t M, int64_t K, const uint8_t *w, float *y,
                                p.xq.begin() + (m0 + mm) * p.groups * 128);
                 part.dx.assign(p.dx.begin() + m0 * p.groups * 16,
                                p.dx.begin() + (m0 + mm) * p.groups * 16);
-                part.xs.assign(p.xs.begin() + m0 * p.groups * 4,
-                               p.xs.begin() + (m0 + mm) * p.groups * 4);
+                part.xs.assign(p.xs.begin() + m0 * p.groups * 8,
+                               p.xs.begin() + (m0 + mm) * p.groups * 8);
                 float *ym = y + m0 * N;
                 switch (mm) {
                     case 1: rows_x<F, 1>(part, K, w, ym, N, n0, n1); break;
