@@ -55,18 +55,24 @@ def _reference(qkv, kc, vc, pos, slot, held, scale, sizes, rope):
 
 
 @pytest.mark.parametrize(
-    "sizes", [(1, 1, 1, 1), (3, 3, 3), (4,), (1, 3, 2)], ids=["mha", "gqa", "mqa", "uneven"]
+    "sizes",
+    [(1, 1, 1, 1), (3, 3, 3), (4,), (1, 3, 2), (6, 1)],
+    ids=["mha", "gqa", "mqa", "uneven", "wide"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rope", [True, False])
-def test_decode_attention_equals_float64(sizes, dtype, rope) -> None:
-    g = torch.Generator().manual_seed(len(sizes))
-    B, D, slots = 2, 32, 40
+# head sizes and held slots that reach every path of the kernel: 16 keys at a time and the last
+# few alone; the weighted sum's 64-column register blocks (4 heads at a time, then the rest) and
+# its last D % 64 columns
+@pytest.mark.parametrize(("D", "held", "slots"), [(32, 29, 40), (64, 70, 80), (144, 33, 40)])
+def test_decode_attention_equals_float64(sizes, dtype, rope, D, held, slots) -> None:
+    g = torch.Generator().manual_seed(len(sizes) + D)
+    B = 2
     G, H = len(sizes), sum(sizes)
     qkv = torch.randn(B, H + 2 * G, D, generator=g).to(dtype)
     kc = torch.randn(B, G, slots, D, generator=g).to(dtype)
     vc = torch.randn(B, G, slots, D, generator=g).to(dtype)
-    pos, slot, held, scale = 57, 17, 29, D**-0.5  # a ring: position 57 in slot 17
+    pos, slot, scale = 57 + slots, 17, D**-0.5  # a ring: slot 17 takes a later position
     table = RoPE(D).table(pos + 1, dtype, torch.device("cpu"))
     cos, ss = (table[0], table[2]) if rope else (None, None)
     ref, ref_k, ref_v = _reference(qkv, kc, vc, pos, slot, held, scale, sizes, rope)

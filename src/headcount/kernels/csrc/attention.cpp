@@ -62,6 +62,72 @@ static inline void axpy(float p, const T *v, int64_t D, float *acc) {
     for (; i < D; i++) acc[i] += p * to_f(v[i]);
 }
 
+// p[s] = (q . k_s) * scale for the S keys at kg + s * c_s
+template <class T>
+void scores(const float *q, const T *kg, int64_t c_s, int64_t S, int64_t D, float scale,
+            float *p) {
+    int64_t s = 0;
+    if (D % 16 == 0)  // 16 keys at a time: 16 dot products' partial sums, one transpose-and-add
+        for (; s + 16 <= S; s += 16) {
+            V part[16];
+            for (int j = 0; j < 16; j++) {
+                const T *ks = kg + (s + j) * c_s;
+                V acc = vmul(vload(q), vload_t(ks));
+                for (int64_t i = 16; i < D; i += 16) acc = vfma(vload(q + i), vload_t(ks + i), acc);
+                part[j] = acc;
+            }
+            vstore(p + s, vmul(vsum16(part), vset(scale)));
+        }
+    for (; s < S; s++) p[s] = dot(q, kg + s * c_s, D) * scale;
+}
+
+// acc (RN, 64) = sum_s p[r * S + s] * v_s[d0 .. d0 + 63]: 4 x RN vector accumulators in
+// registers, each value row read once
+template <int RN, class T>
+void weighted_cols(const float *p, int64_t S, const T *vg, int64_t c_s, int64_t d0, float *acc,
+                   int64_t D) {
+    V a[RN][4];
+    for (int r = 0; r < RN; r++)
+        for (int c = 0; c < 4; c++) a[r][c] = vzero();
+    for (int64_t s = 0; s < S; s++) {
+        const T *vs = vg + s * c_s + d0;
+        const V v0 = vload_t(vs), v1 = vload_t(vs + 16), v2 = vload_t(vs + 32), v3 = vload_t(vs + 48);
+        for (int r = 0; r < RN; r++) {
+            const V pv = vset(p[r * S + s]);
+            a[r][0] = vfma(pv, v0, a[r][0]);
+            a[r][1] = vfma(pv, v1, a[r][1]);
+            a[r][2] = vfma(pv, v2, a[r][2]);
+            a[r][3] = vfma(pv, v3, a[r][3]);
+        }
+    }
+    for (int r = 0; r < RN; r++)
+        for (int c = 0; c < 4; c++) vstore(acc + r * D + d0 + 16 * c, a[r][c]);
+}
+
+// acc (R, D) = p (R, S) @ v (S, D), v's rows at vg + s * c_s
+template <class T>
+void weighted_sum(const float *p, int64_t S, const T *vg, int64_t c_s, int64_t R, int64_t D,
+                  float *acc) {
+    int64_t d0 = 0;
+    for (; d0 + 64 <= D; d0 += 64)
+        for (int64_t r0 = 0; r0 < R; r0 += 4) {
+            const float *pr = p + r0 * S;
+            float *ar = acc + r0 * D;
+            switch (std::min<int64_t>(4, R - r0)) {
+                case 1: weighted_cols<1>(pr, S, vg, c_s, d0, ar, D); break;
+                case 2: weighted_cols<2>(pr, S, vg, c_s, d0, ar, D); break;
+                case 3: weighted_cols<3>(pr, S, vg, c_s, d0, ar, D); break;
+                default: weighted_cols<4>(pr, S, vg, c_s, d0, ar, D); break;
+            }
+        }
+    if (d0 == D) return;
+    for (int64_t r = 0; r < R; r++) std::fill(acc + r * D + d0, acc + (r + 1) * D, 0.0f);
+    for (int64_t s = 0; s < S; s++) {  // the last D % 64 columns
+        const T *vs = vg + s * c_s + d0;
+        for (int64_t r = 0; r < R; r++) axpy(p[r * S + s], vs, D - d0, acc + r * D + d0);
+    }
+}
+
 template <class T>
 void step(const AttnStep &a, const T *qkv, const T *cos, const T *ss, T *kc, T *vc, T *y,
           int64_t u0, int64_t u1) {
@@ -70,8 +136,9 @@ void step(const AttnStep &a, const T *qkv, const T *cos, const T *ss, T *kc, T *
     for (int64_t u = u0; u < u1; u++) {
         const int64_t b = u / a.G, g = u % a.G;
         const int64_t h0 = a.group_off[g], R = a.group_off[g + 1] - h0;
-        buf.resize((size_t)(R * D * 2 + R * S + D));
+        buf.resize((size_t)(R * D * 2 + R * S + D + R));
         float *q = buf.data(), *acc = q + R * D, *p = acc + R * D, *kr = p + R * S;
+        float *inv = kr + D;  // 1 / the softmax denominators
         const T *row = qkv + b * a.qkv_b;
         // the new key: rotated, written into its slot (rounded to T like the cache copy)
         T *kslot = kc + b * a.c_b + g * a.c_g + a.slot * a.c_s;
@@ -81,35 +148,35 @@ void step(const AttnStep &a, const T *qkv, const T *cos, const T *ss, T *kc, T *
         const T *vnew = row + (a.H + a.G + g) * a.qkv_h;
         for (int64_t i = 0; i < D; i++) vslot[i] = vnew[i];
         for (int64_t r = 0; r < R; r++) rope(row + (h0 + r) * a.qkv_h, cos, ss, D, q + r * D);
-        // scores, one pass over the keys (each key row read once for the R query heads)
         const T *kg = kc + b * a.c_b + g * a.c_g, *vg = vc + b * a.c_b + g * a.c_g;
-        for (int64_t s = 0; s < S; s++) {
-            const T *ks = kg + s * a.c_s;
-            for (int64_t r = 0; r < R; r++) p[r * S + s] = dot(q + r * D, ks, D) * a.scale;
-        }
-        for (int64_t r = 0; r < R; r++) {  // softmax over the held keys
-            float *pr = p + r * S, m = pr[0], sum = 0.0f;
-            for (int64_t s = 1; s < S; s++) m = std::max(m, pr[s]);
+        // the group's key rows, read by each of its R query heads in turn (16 keys at a time,
+        // from the first-level cache after the first head)
+        for (int64_t r = 0; r < R; r++) scores(q + r * D, kg, a.c_s, S, D, a.scale, p + r * S);
+        for (int64_t r = 0; r < R; r++) {  // exp(p - max): the weights before normalisation
+            float *pr = p + r * S;
             int64_t s = 0;
+            V vm = vset(pr[0]);
+            for (; s + 16 <= S; s += 16) vm = vmax(vm, vload(pr + s));
+            alignas(64) float mm[16];
+            vstore(mm, vm);
+            float m = mm[0];
+            for (int j = 1; j < 16; j++) m = std::max(m, mm[j]);
+            for (; s < S; s++) m = std::max(m, pr[s]);
+            s = 0;
             V vs = vzero();
             for (; s + 16 <= S; s += 16) {  // exp in vectors (vexp: within 2 ulp)
                 const V e = vexp(vsub(vload(pr + s), vset(m)));
                 vstore(pr + s, e);
                 vs = vadd(vs, e);
             }
-            sum = vsum(vs);
+            float sum = vsum(vs);
             for (; s < S; s++) sum += (pr[s] = expf(pr[s] - m));
-            const float inv = 1.0f / sum;
-            for (int64_t s = 0; s < S; s++) pr[s] *= inv;
+            inv[r] = 1.0f / sum;
         }
-        std::fill(acc, acc + R * D, 0.0f);
-        for (int64_t s = 0; s < S; s++) {  // one pass over the values
-            const T *vs = vg + s * a.c_s;
-            for (int64_t r = 0; r < R; r++) axpy(p[r * S + s], vs, D, acc + r * D);
-        }
+        weighted_sum(p, S, vg, a.c_s, R, D, acc);  // one pass over the value rows
         for (int64_t r = 0; r < R; r++) {
             T *yr = y + b * a.H * D + (h0 + r) * D;
-            for (int64_t i = 0; i < D; i++) put(&yr[i], acc[r * D + i]);
+            for (int64_t i = 0; i < D; i++) put(&yr[i], acc[r * D + i] * inv[r]);
         }
     }
 }

@@ -100,6 +100,30 @@ static inline __m256 scale2(__m256 p, __m256 n) {  // p * 2^n, n integral in [-1
 static inline V vscale2(V p, V n) { return {scale2(p.a, n.a), scale2(p.b, n.b)}; }
 #endif
 
+// the sums of 16 vectors as one vector: element j = vsum(a[j]) (a transpose-and-add)
+static inline V vsum16(const V *a) {
+#ifdef __AVX512F__
+    __m512 b[8], c[4];
+    for (int k = 0; k < 8; k++)  // per 128-bit lane: [a2k 0+2, a2k+1 0+2, a2k 1+3, a2k+1 1+3]
+        b[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k].v, a[2 * k + 1].v),
+                             _mm512_unpackhi_ps(a[2 * k].v, a[2 * k + 1].v));
+    for (int k = 0; k < 4; k++)  // per 128-bit lane: the lane's sums of a4k .. a4k+3
+        c[k] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * k], b[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(b[2 * k], b[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    // lanes [c0 L0+L1, c0 L2+L3, c1 L0+L1, c1 L2+L3], the same of c2, c3; then lane k = ck's total
+    const __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(c[0], c[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(c[2], c[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return {_mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_f32x4(d0, d1, _MM_SHUFFLE(3, 1, 3, 1)))};
+#else
+    alignas(32) float t[16];
+    for (int j = 0; j < 16; j++) t[j] = vsum(a[j]);
+    return vload(t);
+#endif
+}
+
 // exp(x) for float32 (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n);
 // within 2 ulp of the exact value for x in [-87.3, 88.7], x clamped to that range outside it
 static inline V vexp(V x) {
