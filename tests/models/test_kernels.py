@@ -23,13 +23,15 @@ SHAPES = [(960, 576), (3072, 576), (576, 1536), (7, 50), (5, 8), (33, 24)]
 
 @needs_kernels
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("rows", [1, 3])
-def test_gemv_float32_and_bfloat16(shape: tuple[int, int], rows: int) -> None:
+@pytest.mark.parametrize(
+    "lead", [(1,), (2, 1), (2, 3)]
+)  # one input row (decoding's own loop), more
+def test_gemv_float32_and_bfloat16(shape: tuple[int, int], lead: tuple[int, ...]) -> None:
     N, K = shape
     w = torch.randn(N, K)
-    x = torch.randn(2, rows, K)
+    x = torch.randn(*lead, K)
     y = kernels.gemv(x, w)
-    assert y.shape == (2, rows, N) and y.dtype == torch.float32
+    assert y.shape == (*lead, N) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-4)
     wb = w.bfloat16()
     yb = kernels.gemv(x, wb)  # bf16 weights widened exactly, float32 sums
@@ -39,10 +41,11 @@ def test_gemv_float32_and_bfloat16(shape: tuple[int, int], rows: int) -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gemv_int8(shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("rows", [1, 4])
+def test_gemv_int8(shape: tuple[int, int], rows: int) -> None:
     N, K = shape
     q, s = quantize_weight_int8(torch.randn(N, K))
-    x = torch.randn(4, K)
+    x = torch.randn(rows, K)
     ref = x.double() @ (q.double() * s.double()[:, None]).T
     torch.testing.assert_close(kernels.gemv_int8(x, q, s).double(), ref, rtol=1e-5, atol=1e-4)
 
