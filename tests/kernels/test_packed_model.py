@@ -6,6 +6,7 @@ save as dequantised weights that load back to the same logits."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -82,3 +83,20 @@ def test_gemma3_mixed_types_stay_packed_and_match_dense() -> None:
         a, b = packed(ids).logits, dense(ids).logits  # 6 tokens: the packed GEMV everywhere
     torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-3)
     assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_packed_load_without_kernels_warns_and_names_the_dense_dtype(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if kernels.available():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # with the kernels: no warning
+            headcount.load("smollm2")
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "unavailable_reason", lambda: "disabled by HEADCOUNT_KERNELS=0")
+    with pytest.warns(UserWarning, match=r"HEADCOUNT_KERNELS=0.*dtype=torch\.float32"):
+        model = headcount.load("smollm2")
+    assert isinstance(model.layers[0].attn.qkv_proj, PackedLinear)  # still the file's format
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dense on request: nothing to warn about
+        headcount.load("smollm2", dtype=torch.float32)

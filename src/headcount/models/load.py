@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from headcount import kernels
 from headcount.errors import CheckpointError
 from headcount.kernels.packed import PackedLinear, PackedWeight
 from headcount.loaders import Checkpoint, DecoderConfig, EncoderConfig, read_checkpoint
@@ -114,5 +116,18 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None) -> Decoder 
 
     Decoders (Llama, Mistral, Qwen2, SmolLM) come back as `Decoder`, BERT models as `Encoder`,
     with ``model.tokenizer`` set when the checkpoint has one.
+
+    Packed weights without the compiled kernels (no compiler, an unsupported CPU or
+    ``HEADCOUNT_KERNELS=0``) still give the same outputs, but every call dequantises its
+    matrices (decoding ~100x slower): a warning says so and names ``dtype=torch.float32``.
     """
-    return from_checkpoint(read_checkpoint(name_or_path, packed=dtype is None), dtype)
+    model = from_checkpoint(read_checkpoint(name_or_path, packed=dtype is None), dtype)
+    packed = any(isinstance(b, PackedWeight) for b in model.buffers())
+    if dtype is None and packed and not kernels.available():
+        warnings.warn(
+            f"{name_or_path}: its quantised matrices stay packed, but the compiled kernels are "
+            f"unavailable ({kernels.unavailable_reason()}), so every call dequantises them "
+            "(decoding ~100x slower); load with dtype=torch.float32 to dequantise them once",
+            stacklevel=2,
+        )
+    return model
