@@ -91,7 +91,8 @@ void weighted_cols(const float *p, int64_t S, const T *vg, int64_t c_s, int64_t 
         for (int c = 0; c < 4; c++) a[r][c] = vzero();
     for (int64_t s = 0; s < S; s++) {
         const T *vs = vg + s * c_s + d0;
-        const V v0 = vload_t(vs), v1 = vload_t(vs + 16), v2 = vload_t(vs + 32), v3 = vload_t(vs + 48);
+        const V v0 = vload_t(vs), v1 = vload_t(vs + 16);
+        const V v2 = vload_t(vs + 32), v3 = vload_t(vs + 48);
         for (int r = 0; r < RN; r++) {
             const V pv = vset(p[r * S + s]);
             a[r][0] = vfma(pv, v0, a[r][0]);

@@ -89,7 +89,8 @@ static inline void prepare_block(const float *v, int16_t *X, int64_t bb, float &
         sum += v[i];
     }
     const float id = amax > 0 ? 32767.0f / amax : 0.0f;
-    for (int i = 0; i < 32; i++) X[32 * (i / 8) + 8 * bb + i % 8] = (int16_t)__builtin_nearbyintf(v[i] * id);
+    for (int i = 0; i < 32; i++)
+        X[32 * (i / 8) + 8 * bb + i % 8] = (int16_t)__builtin_nearbyintf(v[i] * id);
 #endif
     dx = amax / 32767.0f;
 }
