@@ -1,6 +1,6 @@
-"""`headcount.nn.Linear`: the state dict and results of ``torch.nn.Linear``; bfloat16 decoding (a
-few rows, no gradient) runs the GEMV kernel and equals a float64 product to bfloat16 rounding;
-anything else (float32, prefill, gradients) is ``F.linear`` itself."""
+"""`headcount.nn.Linear`: the state dict and results of ``torch.nn.Linear``; float32 and bfloat16
+decoding (a few rows, no gradient) runs the GEMV kernel and equals a float64 product to the
+dtype's rounding; anything else (prefill, gradients, mixed dtypes) is ``F.linear`` itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from torch.profiler import profile
 
 from headcount import kernels
-from headcount.nn import Linear, linear
+from headcount.nn import Linear
 from tests.kernels.conftest import needs_kernels
 
 
@@ -51,7 +51,7 @@ def test_bfloat16_decoding_runs_the_kernel_and_equals_float64(rows: int) -> None
 
 
 @needs_kernels
-def test_prefill_gradients_and_float32_keep_f_linear() -> None:
+def test_prefill_and_gradients_keep_f_linear() -> None:
     lin = Linear(64, 32).bfloat16()
     big = torch.randn(kernels.MAX_ROWS + 1, 64).bfloat16()
     with torch.inference_mode():
@@ -60,6 +60,21 @@ def test_prefill_gradients_and_float32_keep_f_linear() -> None:
     assert "headcount::gemv" not in _ops(lambda: lin(x))
     lin(x).float().square().sum().backward()  # gradients reach input and weight
     assert x.grad is not None and lin.weight.grad is not None
-    w32 = torch.randn(32, 64)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 3, kernels.MAX_ROWS])
+def test_float32_decoding_runs_the_kernel_and_equals_float64(rows: int) -> None:
+    g = torch.Generator().manual_seed(rows)
+    lin = Linear(200, 96, bias=True)  # K = 200: not a multiple of the vector width
+    x = torch.randn(1, rows, 200, generator=g)
     with torch.inference_mode():
-        assert "headcount::gemv" not in _ops(lambda: linear(torch.randn(1, 64), w32))
+        y = lin(x)
+        assert "headcount::gemv" in _ops(lambda: lin(x))
+        big = torch.randn(kernels.MAX_ROWS + 1, 200, generator=g)
+        assert "headcount::gemv" not in _ops(lambda: lin(big))  # prefill: torch's GEMM
+    assert y.dtype == torch.float32 and y.shape == (1, rows, 96)
+    ref = x.double() @ lin.weight.double().T + lin.bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    assert "headcount::gemv" not in _ops(lambda: lin(xg))  # gradients: F.linear
