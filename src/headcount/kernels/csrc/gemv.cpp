@@ -30,39 +30,34 @@ struct I8 {
     static float one(const int8_t *p) { return (float)*p; }
 };
 
-// one input row (decoding): gemv_rows' loop without the loop over input rows
-template <class W>
-int64_t rows4_one(const float *x, int64_t K, const typename W::T *w, const float *scale, float *y,
-                  int64_t n0, int64_t n1) {
+// the dot products of input row x with weight rows w0 .. w0 + 3K into out[4]; PF: prefetch the
+// 4 rows ahead (one input row, decoding: nothing else reads them again while they stream)
+template <class W, bool PF>
+static inline void dot4(const float *x, int64_t K, const typename W::T *w0, float *out) {
     using T = typename W::T;
+    const T *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
     const int64_t K16 = K - K % 16;
-    int64_t n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const T *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        V a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t k = 0; k < K16; k += 16) {
-            if (k * (int64_t)sizeof(T) % 256 == 0) {  // every 4th line, PREFETCH bytes ahead
-                _mm_prefetch((const char *)(w0 + k) + PREFETCH, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w1 + k) + PREFETCH, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w2 + k) + PREFETCH, _MM_HINT_T0);
-                _mm_prefetch((const char *)(w3 + k) + PREFETCH, _MM_HINT_T0);
-            }
-            const V xv = vload(x + k);
-            a0 = vfma(xv, W::load(w0 + k), a0);
-            a1 = vfma(xv, W::load(w1 + k), a1);
-            a2 = vfma(xv, W::load(w2 + k), a2);
-            a3 = vfma(xv, W::load(w3 + k), a3);
+    V a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K16; k += 16) {
+        if (PF && k * (int64_t)sizeof(T) % 256 == 0) {  // every 4th line, PREFETCH bytes ahead
+            _mm_prefetch((const char *)(w0 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w3 + k) + PREFETCH, _MM_HINT_T0);
         }
-        float out[4] = {vsum(a0), vsum(a1), vsum(a2), vsum(a3)};
-        for (int64_t k = K16; k < K; k++) {
-            out[0] += x[k] * W::one(w0 + k);
-            out[1] += x[k] * W::one(w1 + k);
-            out[2] += x[k] * W::one(w2 + k);
-            out[3] += x[k] * W::one(w3 + k);
-        }
-        for (int r = 0; r < 4; r++) y[n + r] = scale ? out[r] * scale[n + r] : out[r];
+        const V xv = vload(x + k);
+        a0 = vfma(xv, W::load(w0 + k), a0);
+        a1 = vfma(xv, W::load(w1 + k), a1);
+        a2 = vfma(xv, W::load(w2 + k), a2);
+        a3 = vfma(xv, W::load(w3 + k), a3);
     }
-    return n;
+    out[0] = vsum(a0), out[1] = vsum(a1), out[2] = vsum(a2), out[3] = vsum(a3);
+    for (int64_t k = K16; k < K; k++) {
+        out[0] += x[k] * W::one(w0 + k);
+        out[1] += x[k] * W::one(w1 + k);
+        out[2] += x[k] * W::one(w2 + k);
+        out[3] += x[k] * W::one(w3 + k);
+    }
 }
 
 template <class W>
@@ -70,29 +65,16 @@ void gemv_rows(const float *x, int64_t M, int64_t K, const typename W::T *w, con
                float *y, int64_t N, int64_t n0, int64_t n1) {
     using T = typename W::T;
     const int64_t K16 = K - K % 16;
-    int64_t n = M == 1 ? rows4_one<W>(x, K, w, scale, y, n0, n1) : n0;
-    for (; n + 4 <= n1; n += 4) {
-        const T *w0 = w + n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4)
         for (int64_t m = 0; m < M; m++) {
-            const float *xm = x + m * K;
-            V a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t k = 0; k < K16; k += 16) {
-                V xv = vload(xm + k);
-                a0 = vfma(xv, W::load(w0 + k), a0);
-                a1 = vfma(xv, W::load(w1 + k), a1);
-                a2 = vfma(xv, W::load(w2 + k), a2);
-                a3 = vfma(xv, W::load(w3 + k), a3);
-            }
-            float out[4] = {vsum(a0), vsum(a1), vsum(a2), vsum(a3)};
-            for (int64_t k = K16; k < K; k++) {
-                out[0] += xm[k] * W::one(w0 + k);
-                out[1] += xm[k] * W::one(w1 + k);
-                out[2] += xm[k] * W::one(w2 + k);
-                out[3] += xm[k] * W::one(w3 + k);
-            }
+            float out[4];
+            if (M == 1)
+                dot4<W, true>(x, K, w + n * K, out);
+            else
+                dot4<W, false>(x + m * K, K, w + n * K, out);
             for (int r = 0; r < 4; r++) y[m * N + n + r] = scale ? out[r] * scale[n + r] : out[r];
         }
-    }
     for (; n < n1; n++) {
         const T *wr = w + n * K;
         for (int64_t m = 0; m < M; m++) {
