@@ -11,13 +11,10 @@ next rows) takes 0.86x the time. Legend: N outputs, K inputs.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headcount import kernels
-
-_GEMV_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -27,15 +24,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     a step; equal within float rounding, not bit for bit)."""
     K = weight.shape[-1]
     if (
-        weight.dtype in _GEMV_DTYPES
-        and x.dtype == weight.dtype
-        and x.numel() <= kernels.MAX_ROWS * K
+        x.numel() <= kernels.MAX_ROWS * K
         and x.shape[-1] == K
         and type(weight) in (Tensor, nn.Parameter)  # not a quantised weight's wrapper
         and weight.device.type == "cpu"
         and weight.is_contiguous()
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-        and kernels.available()
+        and kernels.fusable(x, weight)  # one dtype of FUSED_DTYPES, no autograd, kernels loaded
     ):
         y = kernels.direct().gemv(x, weight, None)  # float32 sums
         if y.dtype != x.dtype:
