@@ -36,7 +36,13 @@ def test_gemv_float32_and_bfloat16(shape: tuple[int, int], lead: tuple[int, ...]
     wb = w.bfloat16()
     yb = kernels.gemv(x, wb)  # bf16 weights widened exactly, float32 sums
     torch.testing.assert_close(yb.double(), x.double() @ wb.double().T, rtol=1e-5, atol=1e-4)
-    assert kernels.gemv(x.bfloat16(), wb).dtype == torch.bfloat16
+    xb = x.bfloat16()
+    assert kernels.gemv(xb, wb).dtype == torch.bfloat16
+    # bfloat16 x bfloat16 (AVX512-BF16 dot products where present): exact products, float32 sums
+    rows = torch.ops.headcount.gemv(xb.reshape(-1, K), wb, None)
+    assert rows.dtype == torch.float32
+    ref = (xb.double() @ wb.double().T).reshape(-1, N)
+    torch.testing.assert_close(rows.double(), ref, rtol=1e-5, atol=1e-4)
 
 
 @needs_kernels

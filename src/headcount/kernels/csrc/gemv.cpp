@@ -103,28 +103,66 @@ void gemv_i8(const float *x, int64_t M, int64_t K, const int8_t *w, const float 
     gemv_rows<I8>(x, M, K, w, scale, y, N, n0, n1);
 }
 
+#if defined(__AVX512BF16__)
+namespace {
+inline __m512bh bh(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+// dot4 for a bfloat16 input row: pairs of bfloat16 products summed into float32 lanes (exact
+// products, float32 sums), 4 weight rows at a time; PF: prefetch them (decoding's one row)
+template <bool PF>
+inline void dot4_bf16(const uint16_t *x, int64_t K, const uint16_t *w0, float *out) {
+    const uint16_t *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    const int64_t K32 = K - K % 32;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K32; k += 32) {
+        if (PF && k % 128 == 0) {  // every 4th line, PREFETCH bytes ahead, as dot4
+            _mm_prefetch((const char *)(w0 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w2 + k) + PREFETCH, _MM_HINT_T0);
+            _mm_prefetch((const char *)(w3 + k) + PREFETCH, _MM_HINT_T0);
+        }
+        const __m512bh xv = bh(x + k);
+        a0 = _mm512_dpbf16_ps(a0, xv, bh(w0 + k));
+        a1 = _mm512_dpbf16_ps(a1, xv, bh(w1 + k));
+        a2 = _mm512_dpbf16_ps(a2, xv, bh(w2 + k));
+        a3 = _mm512_dpbf16_ps(a3, xv, bh(w3 + k));
+    }
+    out[0] = _mm512_reduce_add_ps(a0), out[1] = _mm512_reduce_add_ps(a1);
+    out[2] = _mm512_reduce_add_ps(a2), out[3] = _mm512_reduce_add_ps(a3);
+    for (int64_t k = K32; k < K; k++) {
+        const float xk = bf16(x[k]);
+        out[0] += xk * bf16(w0[k]), out[1] += xk * bf16(w1[k]);
+        out[2] += xk * bf16(w2[k]), out[3] += xk * bf16(w3[k]);
+    }
+}
+}  // namespace
+#endif
+
 bool gemv_bf16_bf16(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, float *y,
                     int64_t N, int64_t n0, int64_t n1) {
 #if defined(__AVX512BF16__)
-    // pairs of bfloat16 products summed into float32 lanes (exact products, float32 sums)
+    // the float32 loop's shape: 4 weight rows at a time, decoding's one input row prefetched
+    // (SmolLM2's 121 bfloat16 matrices in the model's order, both builds in one process, 2-core
+    // AVX512-BF16 Xeon: 0.94x the time of one row at a time at 2 threads, 0.88-0.91x at one)
     const int64_t K32 = K - K % 32;
-    for (int64_t n = n0; n < n1; n++) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4)
+        for (int64_t m = 0; m < M; m++) {
+            float out[4];
+            if (M == 1)
+                dot4_bf16<true>(x, K, w + n * K, out);
+            else
+                dot4_bf16<false>(x + m * K, K, w + n * K, out);
+            for (int r = 0; r < 4; r++) y[m * N + n + r] = out[r];
+        }
+    for (; n < n1; n++) {
         const uint16_t *wr = w + n * K;
         for (int64_t m = 0; m < M; m++) {
             const uint16_t *xm = x + m * K;
-            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
-            int64_t k = 0;
-            for (; k + 64 <= K32; k += 64) {
-                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(xm + k),
-                                     (__m512bh)_mm512_loadu_si512(wr + k));
-                b = _mm512_dpbf16_ps(b, (__m512bh)_mm512_loadu_si512(xm + k + 32),
-                                     (__m512bh)_mm512_loadu_si512(wr + k + 32));
-            }
-            for (; k < K32; k += 32)
-                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(xm + k),
-                                     (__m512bh)_mm512_loadu_si512(wr + k));
-            float out = _mm512_reduce_add_ps(_mm512_add_ps(a, b));
-            for (; k < K; k++) out += bf16(xm[k]) * bf16(wr[k]);
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K32; k += 32) a = _mm512_dpbf16_ps(a, bh(xm + k), bh(wr + k));
+            float out = _mm512_reduce_add_ps(a);
+            for (int64_t k = K32; k < K; k++) out += bf16(xm[k]) * bf16(wr[k]);
             y[m * N + n] = out;
         }
     }
