@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import headcount
 from headcount.cli.main import main
@@ -15,7 +16,9 @@ from tests.loaders import tiny
 def test_run_streams_a_chat_answer(
     smollm2: headcount.Decoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(headcount, "load", lambda name: smollm2)  # reuse the session's model
+    monkeypatch.setattr(
+        headcount, "load", lambda name, dtype=None: smollm2
+    )  # reuse the session's model
     assert main(["run", "smollm2", "What is the capital of France?", "-n", "12"]) == 0
     out, err = capsys.readouterr()
     assert "Paris" in out and "<|im_end|>" not in out
@@ -33,7 +36,7 @@ def test_run_streams_a_chat_answer(
 def test_run_raw_continues_the_text(
     smollm2: headcount.Decoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(headcount, "load", lambda name: smollm2)
+    monkeypatch.setattr(headcount, "load", lambda name, dtype=None: smollm2)
     assert main(["run", "smollm2", "One, two, three,", "--raw", "-n", "6", "--stop", "six"]) == 0
     out, _ = capsys.readouterr()
     assert out == smollm2.generate("One, two, three,", 6, stop=[2, "six"]).text + "\n"
@@ -45,7 +48,7 @@ def test_run_gives_gemma3_its_chat_turns(
 ) -> None:
     """Gemma's template comes from the model (its GGUF carries none): one BOS, the system
     message folded into the user turn, generation stopped at ``<end_of_turn>``."""
-    monkeypatch.setattr(headcount, "load", lambda name: gemma3)
+    monkeypatch.setattr(headcount, "load", lambda name, dtype=None: gemma3)
     assert main(["run", "gemma3", "What is 2 + 2?", "--system", "Be brief.", "-n", "8"]) == 0
     out, err = capsys.readouterr()
     tok = gemma3.tokenizer
@@ -71,3 +74,29 @@ def test_run_reports_a_missing_checkpoint(
 ) -> None:
     assert main(["run", str(tmp_path / "nope.gguf"), "hello"]) == 2
     assert "nope.gguf: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_run_loads_the_asked_dtype(
+    smollm2: headcount.Decoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dtype`` reaches `headcount.load` (default: the file's own packed format); an unknown
+    one is a usage error naming the choices."""
+    asked: list[object] = []
+
+    def load(name: str, dtype: object = "unset") -> headcount.Decoder:
+        asked.append(dtype)
+        return smollm2
+
+    monkeypatch.setattr(headcount, "load", load)
+    for option, want in (
+        ([], None),
+        (["--dtype", "float32"], torch.float32),
+        (["--dtype", "bfloat16"], torch.bfloat16),
+    ):
+        assert main(["run", "smollm2", "Hi", "--raw", "-n", "1", *option]) == 0
+        assert asked[-1] is want
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["run", "smollm2", "Hi", "--dtype", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err

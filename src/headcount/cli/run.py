@@ -7,6 +7,8 @@ import sys
 
 from headcount.cli.main import float_in, int_in
 
+DTYPES = ("file", "float32", "bfloat16")
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -51,15 +53,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--raw", action="store_true", help="no chat template: continue PROMPT as plain text"
     )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="file",
+        help=(
+            "'file' (default): a GGUF file's own quantised matrices, kept packed (fastest, least "
+            "memory); 'float32' / 'bfloat16': every weight dense in that dtype"
+        ),
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     import headcount
     from headcount.cli.main import UsageError
     from headcount.loaders import IncrementalDecoder
 
-    model = headcount.load(args.model)
+    dtype = None if args.dtype == "file" else getattr(torch, args.dtype)
+    model = headcount.load(args.model, dtype=dtype)
     if not isinstance(model, headcount.Decoder):
         raise UsageError(
             f"{args.model} is an encoder ({model.config.architecture}); run needs a decoder"
