@@ -308,25 +308,6 @@ def test_rope_keeps_float32_angles_when_the_module_is_cast() -> None:
     assert_close(cos, torch.cat([freqs, freqs], -1).cos(), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rotary_dim", [None, 4])
-def test_rope_from_a_start_position_equals_its_positions(dtype, rotary_dim) -> None:
-    """``rope(x, start)`` (table rows as views: prefill and chunks) rotates exactly as
-    ``rope(x, arange(start, start + T))`` (a gather), also past the table's first 256 rows,
-    and agrees with float64 complex rotation."""
-    rope = RoPE(8, base=500.0, rotary_dim=rotary_dim)
-    x = torch.randn(2, 3, 7, 8).to(dtype)
-    for start in (0, 5, 0, 300, 251):
-        got = rope(x, start)
-        assert torch.equal(got, rope(x, torch.arange(start, start + 7)))
-        if rotary_dim is None:
-            want = _rope64(x.double(), torch.arange(start, start + 7), 500.0)
-            tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {}
-            assert_close(got.double(), want, **(tol or {"atol": 5e-5, "rtol": 1e-5}))
-    with pytest.raises(ShapeError, match="positions must be >= 0, got -2"):
-        rope(x, -2)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_rope_rotate_at_against_complex_reference(dtype: torch.dtype) -> None:
     """The decode step's RoPE of every head at one position (a matrix product with the cached

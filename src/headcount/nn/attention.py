@@ -292,8 +292,9 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         past = cache.length if cache is not None else 0
         if self.rope is not None and context is None:
-            at: Tensor | int = past if positions is None else positions  # int: past, past + 1, ..
-            q, k = self.rope(q, at), self.rope(k, at)
+            if positions is None:
+                positions = torch.arange(past, past + T, device=x.device)
+            q, k = self.rope(q, positions), self.rope(k, positions)
         need_weights = return_weights or self.weights_hook is not None or self.backend == "eager"
         band = None
         if cache is not None and cache.window is not None:

@@ -128,26 +128,18 @@ class RoPE(nn.Module):
         cos, _, signed_sin = self.table(position + 1, x.dtype, x.device)
         return self.rotate(x, cos.select(0, position), signed_sin.select(0, position))
 
-    def forward(self, x: Tensor, positions: Tensor | int) -> Tensor:
-        """Rotate ``x (B, N, T, D)`` at absolute ``positions`` of shape ``(T,)`` or ``(B, T)``,
-        or at ``positions, positions + 1, ..., positions + T - 1`` for an int (a prefill or a
-        chunk after the cached positions: rows of `table` as views, no gather)."""
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Rotate ``x (B, N, T, D)`` at absolute ``positions`` of shape ``(T,)`` or ``(B, T)``."""
         if x.shape[-1] != self.head_dim:
             raise ShapeError(f"RoPE built for head_dim={self.head_dim}, got last dim {x.shape[-1]}")
         T = x.shape[-2]
-        if isinstance(positions, int):
-            if positions < 0:
-                raise ShapeError(f"positions must be >= 0, got {positions}")
-            cos, _, signed_sin = self.table(positions + T, x.dtype, x.device)
-            cos, signed_sin = cos[positions : positions + T], signed_sin[positions : positions + T]
-        else:
-            if positions.shape[-1] != T or positions.ndim not in (1, 2):
-                raise ShapeError(
-                    f"positions must be (T,) or (B, T) with T={T}, got {tuple(positions.shape)}"
-                )
-            cos, _, signed_sin = self._lookup(positions, x.dtype)
-            if cos.ndim == 3:  # (B, T, R) -> (B, 1, T, R): one rotation for every head
-                cos, signed_sin = cos[:, None], signed_sin[:, None]
+        if positions.shape[-1] != T or positions.ndim not in (1, 2):
+            raise ShapeError(
+                f"positions must be (T,) or (B, T) with T={T}, got {tuple(positions.shape)}"
+            )
+        cos, _, signed_sin = self._lookup(positions, x.dtype)
+        if cos.ndim == 3:  # (B, T, R) -> (B, 1, T, R): one rotation for every head
+            cos, signed_sin = cos[:, None], signed_sin[:, None]
         r = self.rotary_dim
         if r == self.head_dim:
             return self.rotate(x, cos, signed_sin)
