@@ -16,9 +16,8 @@ from tests.loaders import tiny
 def test_run_streams_a_chat_answer(
     smollm2: headcount.Decoder, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(
-        headcount, "load", lambda name, dtype=None: smollm2
-    )  # reuse the session's model
+    # reuse the session's model
+    monkeypatch.setattr(headcount, "load", lambda name, dtype=None: smollm2)
     assert main(["run", "smollm2", "What is the capital of France?", "-n", "12"]) == 0
     out, err = capsys.readouterr()
     assert "Paris" in out and "<|im_end|>" not in out

@@ -122,8 +122,11 @@ def load(name_or_path: str | Path, dtype: torch.dtype | None = None) -> Decoder 
     matrices (decoding ~100x slower): a warning says so and names ``dtype=torch.float32``.
     """
     model = from_checkpoint(read_checkpoint(name_or_path, packed=dtype is None), dtype)
-    packed = any(isinstance(b, PackedWeight) for b in model.buffers())
-    if dtype is None and packed and not kernels.available():
+    if (
+        dtype is None
+        and any(isinstance(b, PackedWeight) for b in model.buffers())
+        and not kernels.available()
+    ):
         warnings.warn(
             f"{name_or_path}: its quantised matrices stay packed, but the compiled kernels are "
             f"unavailable ({kernels.unavailable_reason()}), so every call dequantises them "

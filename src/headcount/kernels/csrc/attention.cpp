@@ -158,10 +158,7 @@ void step(const AttnStep &a, const T *qkv, const T *cos, const T *ss, T *kc, T *
             int64_t s = 0;
             V vm = vset(pr[0]);
             for (; s + 16 <= S; s += 16) vm = vmax(vm, vload(pr + s));
-            alignas(64) float mm[16];
-            vstore(mm, vm);
-            float m = mm[0];
-            for (int j = 1; j < 16; j++) m = std::max(m, mm[j]);
+            float m = vhmax(vm);
             for (; s < S; s++) m = std::max(m, pr[s]);
             s = 0;
             V vs = vzero();

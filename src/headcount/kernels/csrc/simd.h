@@ -30,6 +30,7 @@ static inline V vsub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
 static inline V vmul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
 static inline V vfma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 static inline float vsum(V a) { return _mm512_reduce_add_ps(a.v); }
+static inline float vhmax(V a) { return _mm512_reduce_max_ps(a.v); }  // max of the lanes
 // 16 bytes -> 16 floats
 static inline V vfrom_u8(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))}; }
 static inline V vfrom_s8(__m128i b) { return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b))}; }
@@ -67,6 +68,13 @@ static inline float vsum(V x) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+static inline float vhmax(V x) {  // the max of the lanes
+    __m256 v = _mm256_max_ps(x.a, x.b);
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 static inline V vfrom_u8(__m128i b) {
